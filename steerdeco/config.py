@@ -1,0 +1,82 @@
+"""Configuration of the AutoDeco heads (saved as JSON next to the head weights)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+HEADS_CONFIG_NAME = "heads_config.json"
+HEADS_WEIGHTS_NAME = "heads.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class HeadsConfig:
+    """Shape and range of the temperature and top-p heads.
+
+    ``hidden_size`` is read from the base model's config when the heads are created.
+    """
+
+    hidden_size: int = field(metadata={"help": "Hidden size of the base model's last hidden state."})
+    mlp_width: int = field(default=256, metadata={"help": "Width of each head's hidden MLP layer."})
+    max_temperature: float = field(
+        default=2.0, metadata={"help": "Temperature head output is sigmoid(x) * max_temperature."}
+    )
+    top_p_features: bool = field(
+        default=True,
+        metadata={
+            "help": "Feed the top-p head four statistics of softmax(logits / T): max prob, entropy, "
+            "variance and top-5 mass."
+        },
+    )
+    base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
+    format_version: int = field(default=FORMAT_VERSION, metadata={"help": "Checkpoint format version."})
+
+    def __post_init__(self):
+        if not isinstance(self.hidden_size, int) or self.hidden_size <= 0:
+            raise ValueError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
+        if not isinstance(self.mlp_width, int) or self.mlp_width <= 0:
+            raise ValueError(f"mlp_width must be a positive integer, got {self.mlp_width!r}")
+        if not (isinstance(self.max_temperature, int | float) and math.isfinite(self.max_temperature)) or (
+            self.max_temperature <= 0
+        ):
+            raise ValueError(f"max_temperature must be a positive number, got {self.max_temperature!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"heads format_version {self.format_version} is not supported by this steerdeco "
+                f"(expects {FORMAT_VERSION})"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> HeadsConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown heads config keys {unknown}; known keys are {sorted(known)}")
+        if "hidden_size" not in data:
+            raise ValueError(f"{source}: missing required key 'hidden_size'")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {error}") from error
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> HeadsConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"heads config {path} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); re-save the heads with save_pretrained") from error
+        return cls.from_dict(data, source=str(path))

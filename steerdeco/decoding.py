@@ -1,0 +1,179 @@
+"""Dynamic decoding: sample each token with the temperature and top-p the heads predict for it.
+
+:class:`DynamicTemperatureTopP` is a ``LogitsProcessor``; :func:`dynamic_decoding` is a context manager
+that hooks the base model's lm_head so every forward pass of ``generate`` (prefill and each cached
+step) runs the heads on the last position's hidden state and raw logits. ``AutoDecoModel.generate``
+uses both, so a plain ``model.generate(**inputs, do_sample=True)`` on the wrapped model just works:
+batched, left padding, KV cache.
+
+Convention for the user's own ``temperature`` and ``top_p`` (as in AutoDeco's vLLM path, they
+*multiply* the predicted values)::
+
+    T_used = temperature * T_predicted         (clamped below at MIN_TEMPERATURE)
+    P_used = min(1, top_p * P_predicted)
+
+Both default to 1.0, so without them the heads decide alone. The base model's own default
+``generation_config.temperature`` / ``top_p`` are not applied on top (the heads replace them);
+``top_k`` (the user's, else the model's, else transformers' default of 50) is applied between the
+two, in transformers' order (temperature, top-k, top-p); repetition penalties and other processors
+act as usual, before this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, TopKLogitsWarper
+
+from .heads import MIN_TEMPERATURE
+from .hooks import on_lm_head
+
+
+def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """transformers' ``TopPLogitsWarper`` rule with a top-p per row. scores ``[B, V]``, top_p ``[B]``."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    sorted_to_remove = cumulative_probs <= (1 - top_p.to(cumulative_probs.dtype)).unsqueeze(-1)
+    sorted_to_remove[..., -min_tokens_to_keep:] = False
+    to_remove = sorted_to_remove.scatter(1, sorted_indices, sorted_to_remove)
+    return scores.masked_fill(to_remove, -math.inf)
+
+
+@dataclass
+class _StepRecord:
+    """Per-forward predictions collected by the lm_head hook."""
+
+    temperature: list[torch.Tensor] = field(default_factory=list)
+    top_p: list[torch.Tensor] = field(default_factory=list)
+
+    def latest(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.temperature:
+            raise RuntimeError(
+                "DynamicTemperatureTopP was called before any forward pass of the hooked model: use it "
+                "inside steerdeco.decoding.dynamic_decoding (AutoDecoModel.generate does this)"
+            )
+        return self.temperature[-1], self.top_p[-1]
+
+
+class DynamicTemperatureTopP(LogitsProcessor):
+    """Rescale by the predicted temperature, then apply the predicted top-p, row by row.
+
+    Args:
+        record: where the lm_head hook of :func:`dynamic_decoding` leaves each step's predictions.
+        temperature_scale: the user's ``temperature``; multiplies the predicted T.
+        top_p_scale: the user's ``top_p``; multiplies the predicted P (capped at 1).
+        top_k: keep only the ``top_k`` best tokens after rescaling (0 or None: no limit).
+        min_tokens_to_keep: as in ``TopPLogitsWarper``.
+    """
+
+    def __init__(
+                self,
+        record: _StepRecord,
+        temperature_scale: float = 1.0,
+        top_p_scale: float = 1.0,
+        top_k: int | None = None,
+        min_tokens_to_keep: int = 1,
+    ):
+        for name, value in (("temperature", temperature_scale), ("top_p", top_p_scale)):
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"`{name}` multiplies the predicted value and must be a finite number > 0, got {value!r}")
+        if not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+            raise ValueError(f"`min_tokens_to_keep` must be a positive integer, got {min_tokens_to_keep!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"`top_k` must be a non-negative integer or None, got {top_k!r}")
+        self.record = record
+        self.top_k = TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens_to_keep) if top_k else None
+        self.temperature_scale = float(temperature_scale)
+        self.top_p_scale = float(top_p_scale)
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+    def effective(self, temperature: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The T and P actually used, from the predicted ones."""
+        used_t = temperature if self.temperature_scale == 1.0 else temperature * self.temperature_scale
+        used_p = top_p if self.top_p_scale == 1.0 else top_p * self.top_p_scale
+        return used_t.clamp_min(MIN_TEMPERATURE), used_p.clamp(max=1.0)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        temperature, top_p = self.record.latest()
+        if temperature.shape[0] != scores.shape[0]:
+            raise RuntimeError(f"predicted T for {temperature.shape[0]} rows but scores have {scores.shape[0]}")
+        temperature, top_p = self.effective(temperature, top_p)
+        scaled = scores / temperature.to(scores.dtype).unsqueeze(-1)
+        if self.top_k is not None:
+            scaled = self.top_k(input_ids, scaled)
+        return top_p_filter(scaled, top_p, self.min_tokens_to_keep)
+
+
+@contextlib.contextmanager
+def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
+    """Run the heads after every lm_head forward of ``heads_model.base_model``; yield the record.
+
+    The hook is removed when the block exits, also on error.
+    """
+
+    record = _StepRecord()
+
+    def callback(hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        with torch.no_grad():
+            temperature, top_p = heads_model.heads(hidden[:, -1], logits[:, -1])
+        record.temperature.append(temperature.float())
+        record.top_p.append(top_p.float())
+
+    with on_lm_head(heads_model.base_model, callback):
+        yield record
+
+
+@dataclass
+class DecodingTrace:
+    """What ``AutoDecoModel.generate_with_trace`` returns.
+
+    Attributes:
+        sequences: ``[B, L + S]`` prompt and generated tokens, as ``generate`` returns them.
+        temperature: ``[B, S]`` predicted T for each generated token (the T that sampled it, before the
+            user's multiplier).
+        top_p: ``[B, S]`` predicted P for each generated token.
+        mask: ``[B, S]`` True for real generated tokens, up to and including the first EOS; False for
+            the padding after a sequence finished.
+        prompt_length: ``L``, so ``sequences[:, prompt_length:]`` are the generated tokens.
+        temperature_scale, top_p_scale: the user's multipliers (see the module docstring).
+    """
+
+    sequences: torch.Tensor
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    mask: torch.Tensor
+    prompt_length: int
+    temperature_scale: float = 1.0
+    top_p_scale: float = 1.0
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_length :]
+
+    def rows(self) -> list[dict]:
+        """One dict per sequence with its real tokens and their T and P as Python lists."""
+        out = []
+        for i in range(self.sequences.shape[0]):
+            keep = self.mask[i]
+            out.append(
+                {
+                    "token_ids": self.generated[i][keep].tolist(),
+                    "temperature": self.temperature[i][keep].tolist(),
+                    "top_p": self.top_p[i][keep].tolist(),
+                }
+            )
+        return out
+
+
+def generated_mask(generated: torch.Tensor, eos_token_id) -> torch.Tensor:
+    """``[B, S]`` True up to and including each row's first EOS (all True for rows without one)."""
+    if eos_token_id is None:
+        return torch.ones_like(generated, dtype=torch.bool)
+    eos_ids = torch.as_tensor(eos_token_id, device=generated.device).reshape(-1)
+    is_eos = torch.isin(generated, eos_ids)
+    eos_before = is_eos.int().cumsum(-1) - is_eos.int()
+    return eos_before == 0

@@ -1,0 +1,127 @@
+"""AutoDeco's temperature and top-p heads (arXiv 2510.26697).
+
+Both are two-layer MLPs on the base model's last hidden state:
+
+* temperature: ``T = max_temperature * sigmoid(MLP(h))``;
+* top-p: ``P = sigmoid(MLP([h, T.detach(), features]))`` where ``features`` are four statistics of
+  ``softmax(logits / T)`` (see :func:`probability_features`).
+
+The last layer of each head starts at zero weight, so fresh heads predict ``T = max_temperature / 2``
+(1.0 by default) and ``P = INITIAL_TOP_P`` for every token: sampling starts as plain sampling at
+T = 1, top-p = 0.9.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import HeadsConfig
+
+NUM_PROBABILITY_FEATURES = 4
+MIN_TEMPERATURE = 1e-4  # lower clamp on T, so logits / T stays finite
+INITIAL_TOP_P = 0.9
+
+
+def _log_partition(values: torch.Tensor, temperature: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+    """``log sum_s counts_s * exp(values_s / T)`` over the last dim. values [..., M], T [...]."""
+    scaled = values / temperature.unsqueeze(-1)
+    if counts is not None:
+        scaled = scaled + torch.log(counts)
+    return torch.logsumexp(scaled, dim=-1)
+
+
+def probability_features(
+    logits: torch.Tensor, temperature: torch.Tensor, counts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Max prob, entropy, variance and top-5 mass of ``softmax(logits / T)``.
+
+    Args:
+        logits: ``[..., V]`` raw logits, or ``[..., M]`` slot values of a compressed distribution
+            (:class:`steerdeco.losses.LogitSlots`) whose top-5 entries are single tokens.
+        temperature: ``[...]`` temperature per row.
+        counts: ``[..., M]`` number of tokens each slot stands for, or None (one token each).
+
+    Returns:
+        ``[..., 4]``: (max prob, entropy in nats, variance of the V probabilities, top-5 mass).
+    """
+    log_z = _log_partition(logits, temperature, counts)
+    log_p = logits / temperature.unsqueeze(-1) - log_z.unsqueeze(-1)  # per-token log prob of each slot
+    p = log_p.exp()
+    weights = torch.ones_like(p) if counts is None else counts
+    vocab = weights.sum(-1)
+    max_prob = p.max(dim=-1).values
+    entropy = -(weights * p * log_p).sum(-1)
+    variance = (weights * p * p).sum(-1) / vocab - vocab.reciprocal().square()
+    k = min(5, logits.shape[-1])
+    top5 = p.topk(k, dim=-1).values.sum(-1)
+    return torch.stack([max_prob, entropy, variance, top5], dim=-1)
+
+
+class TemperatureHead(nn.Module):
+    """``T = max_temperature * sigmoid(MLP(h))``; input ``[..., H]``, output ``[...]``."""
+
+    def __init__(self, config: HeadsConfig):
+        super().__init__()
+        self.max_temperature = float(config.max_temperature)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.hidden_size, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        temperature = self.max_temperature * torch.sigmoid(self.mlp(hidden).squeeze(-1))
+        return temperature.clamp_min(MIN_TEMPERATURE)
+
+
+class TopPHead(nn.Module):
+    """``P = sigmoid(MLP([h, T, features]))``; T is detached by the caller's contract."""
+
+    def __init__(self, config: HeadsConfig):
+        super().__init__()
+        self.use_features = bool(config.top_p_features)
+        extra = 1 + (NUM_PROBABILITY_FEATURES if self.use_features else 0)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.hidden_size + extra, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.constant_(self.mlp[-1].bias, math.log(INITIAL_TOP_P / (1 - INITIAL_TOP_P)))
+
+    def forward(
+        self, hidden: torch.Tensor, temperature: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        parts = [hidden, temperature.detach().unsqueeze(-1)]
+        if self.use_features:
+            if features is None:
+                raise ValueError("this top-p head was configured with top_p_features=True but got no features")
+            parts.append(features.detach())
+        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)).squeeze(-1))
+
+
+class AutoDecoHeads(nn.Module):
+    """Both heads together: ``(hidden [..., H], logits-or-slots [..., M]) -> (T [...], P [...])``."""
+
+    def __init__(self, config: HeadsConfig):
+        super().__init__()
+        self.config = config
+        self.temperature_head = TemperatureHead(config)
+        self.top_p_head = TopPHead(config)
+
+    def forward(
+        self, hidden: torch.Tensor, logits: torch.Tensor | None, counts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)
+        temperature = self.temperature_head(hidden)
+        features = None
+        if self.top_p_head.use_features:
+            if logits is None:
+                raise ValueError("top_p_features=True needs the logits (or logit slots) to compute features")
+            with torch.no_grad():
+                features = probability_features(
+                    logits.float(), temperature.detach().float(), None if counts is None else counts.float()
+                ).to(hidden.dtype)
+        top_p = self.top_p_head(hidden, temperature.detach(), features)
+        return temperature, top_p

@@ -1,0 +1,278 @@
+"""``AutoDecoModel``: a causal LM plus AutoDeco's temperature and top-p heads.
+
+The wrapper holds a reference to the base model (no copy of its weights). Its forward returns the
+base logits and a temperature and top-p for every position (and the AutoDeco losses when labels
+are given); its ``generate`` samples every token with that token's predicted T and P
+(:mod:`steerdeco.decoding`). ``save_pretrained`` writes the heads only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME, HeadsConfig
+from .decoding import DecodingTrace, DynamicTemperatureTopP, dynamic_decoding, generated_mask
+from .heads import AutoDecoHeads
+from .hooks import on_lm_head
+from .io import atomic_write_text, atomic_write_with
+from .losses import AutoDecoLossConfig, autodeco_losses, exact_slots, next_token_targets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AutoDecoOutput:
+    """Forward output. Shapes: logits ``[B, L, V]``, temperature/top_p ``[B, L]``, hidden ``[B, L, H]``."""
+
+    logits: torch.Tensor
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    hidden_states: torch.Tensor
+    loss: torch.Tensor | None = None
+    temperature_loss: torch.Tensor | None = None
+    top_p_loss: torch.Tensor | None = None
+
+
+def base_hidden_size(base_model: nn.Module) -> int:
+    config = base_model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text_config, "hidden_size", None)
+    if not isinstance(size, int):
+        raise ValueError(f"cannot read hidden_size from the config of {type(base_model).__name__}")
+    return size
+
+
+class AutoDecoModel(nn.Module):
+    """A causal LM with AutoDeco heads.
+
+    Args:
+        base_model: any ``AutoModelForCausalLM`` (or a peft model around one). It is referenced, not
+            copied.
+        heads_config: shape of the heads; ``hidden_size`` must match the base model. Default: built from
+            the base model's config.
+        freeze_base: set ``requires_grad=False`` on the base model (AutoDeco trains the heads only).
+        loss_config: hyper-parameters of the AutoDeco losses used when ``labels`` are given.
+    """
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        heads_config: HeadsConfig | None = None,
+        freeze_base: bool = True,
+        loss_config: AutoDecoLossConfig | None = None,
+    ):
+        super().__init__()
+        hidden_size = base_hidden_size(base_model)
+        if heads_config is None:
+            heads_config = HeadsConfig(
+                hidden_size=hidden_size, base_model=getattr(base_model.config, "_name_or_path", None) or None
+            )
+        if heads_config.hidden_size != hidden_size:
+            raise ValueError(
+                f"the heads expect hidden size {heads_config.hidden_size} but the base model "
+                f"({type(base_model).__name__}) has hidden size {hidden_size}: load heads trained on this base model"
+            )
+        self.base_model = base_model
+        self.heads_config = heads_config
+        self.loss_config = loss_config or AutoDecoLossConfig()
+        device = next(base_model.parameters()).device
+        self.heads = AutoDecoHeads(heads_config).to(device=device, dtype=torch.float32)
+        if freeze_base:
+            base_model.requires_grad_(False)
+
+    # -- conveniences ---------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.base_model.config
+
+    @property
+    def generation_config(self):
+        return self.base_model.generation_config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.heads.parameters()).device
+
+    @property
+    def temperature_head(self) -> nn.Module:
+        return self.heads.temperature_head
+
+    @property
+    def top_p_head(self) -> nn.Module:
+        return self.heads.top_p_head
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        loss_generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> AutoDecoOutput:
+        """Run the base model and the heads on every position.
+
+        Args:
+            labels: optional ``[B, L]`` HF-style labels (aligned with ``input_ids``, ``-100`` ignored);
+                position ``t``'s T and P are scored on ``labels[:, t + 1]``.
+            loss_generator: random source of the easy-token draw.
+            kwargs: passed to the base model (``position_ids``, ``past_key_values``, ...).
+        """
+        captured: list[torch.Tensor] = []
+        with on_lm_head(self.base_model, lambda hidden, _logits: captured.append(hidden)):
+            base_out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden = captured[-1]
+        logits = base_out.logits
+        temperature, top_p = self.heads(hidden, logits.detach())
+        out = AutoDecoOutput(logits=logits, temperature=temperature, top_p=top_p, hidden_states=hidden)
+        if labels is not None:
+            out.temperature_loss, out.top_p_loss = self.compute_losses(
+                logits, temperature, top_p, labels, generator=loss_generator
+            )
+            config = self.loss_config
+            out.loss = config.temperature_weight * out.temperature_loss + config.top_p_weight * out.top_p_loss
+        return out
+
+    def compute_losses(self, logits, temperature, top_p, labels, generator=None):
+        """AutoDeco losses of ``[B, L, ...]`` predictions against HF-style ``labels [B, L]``."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels {tuple(labels.shape)} must match the inputs {tuple(logits.shape[:2])}")
+        targets, valid = next_token_targets(labels)
+        slots = exact_slots(logits[:, :-1][valid].detach(), targets[valid])
+        return autodeco_losses(
+            slots, temperature[:, :-1][valid], top_p[:, :-1][valid], self.loss_config, generator=generator
+        )
+
+    # -- generation -----------------------------------------------------------------------------
+    def _split_sampling_kwargs(self, kwargs: dict) -> tuple[dict, dict]:
+        """Take temperature, top_p and top_k out of generate's arguments (see :mod:`steerdeco.decoding`)."""
+        generation_config = kwargs.get("generation_config")
+        defaults = self.base_model.generation_config
+        if kwargs.get("num_beams", getattr(generation_config, "num_beams", None) or 1) > 1:
+            raise ValueError("dynamic decoding supports greedy decoding and sampling, not beam search (num_beams > 1)")
+
+        def resolve(name, fallback):
+            if kwargs.get(name) is not None:
+                return kwargs.pop(name)
+            kwargs.pop(name, None)
+            for source in (generation_config, defaults) if name in ("do_sample", "top_k") else (generation_config,):
+                if source is not None and getattr(source, name, None) is not None:
+                    return getattr(source, name)
+            return fallback
+
+        do_sample = bool(resolve("do_sample", False))
+        sampling = {
+            "temperature_scale": resolve("temperature", 1.0),
+            "top_p_scale": resolve("top_p", 1.0),
+            "top_k": resolve("top_k", 50),
+        }
+        if generation_config is not None:
+            generation_config = generation_config.__class__.from_dict(generation_config.to_dict())
+            generation_config.temperature, generation_config.top_p = None, None
+            kwargs["generation_config"] = generation_config
+        kwargs["do_sample"] = do_sample
+        if do_sample:  # the processor does temperature, top-k and top-p itself
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=0)
+        else:
+            kwargs["top_k"] = sampling["top_k"]
+        return kwargs, (sampling if do_sample else None)
+
+    def generate_with_trace(self, **kwargs) -> DecodingTrace:
+        """``generate`` that also returns the predicted T and P of every generated token.
+
+        Takes the arguments of ``transformers``' ``generate`` (``input_ids``, ``attention_mask``,
+        ``do_sample``, ``max_new_tokens``, ``temperature``, ``top_p``, ...). With ``do_sample=True``
+        each token is sampled with its own predicted T and P (times the user's ``temperature`` and
+        ``top_p``, see :mod:`steerdeco.decoding`); greedy decoding stays greedy (the trace still
+        records what the heads predicted).
+        """
+        if kwargs.get("return_dict_in_generate"):
+            raise ValueError("generate_with_trace returns a DecodingTrace; do not pass return_dict_in_generate")
+        kwargs, sampling = self._split_sampling_kwargs(dict(kwargs))
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None:
+            raise ValueError("generate_with_trace needs input_ids")
+        prompt_length = input_ids.shape[1]
+        with dynamic_decoding(self) as record:
+            if sampling is not None:
+                processor = DynamicTemperatureTopP(record, **sampling)
+                user_processors = list(kwargs.pop("logits_processor", None) or [])
+                kwargs["logits_processor"] = [*user_processors, processor]
+            sequences = self.base_model.generate(**kwargs)
+        steps = sequences.shape[1] - prompt_length
+        temperature = torch.stack(record.temperature[:steps], dim=1) if steps else sequences.new_zeros(
+            (sequences.shape[0], 0), dtype=torch.float32
+        )
+        top_p = torch.stack(record.top_p[:steps], dim=1) if steps else torch.zeros_like(temperature)
+        eos = kwargs.get("eos_token_id", self.base_model.generation_config.eos_token_id)
+        return DecodingTrace(
+            sequences=sequences,
+            temperature=temperature,
+            top_p=top_p,
+            mask=generated_mask(sequences[:, prompt_length:], eos),
+            prompt_length=prompt_length,
+            temperature_scale=float(sampling["temperature_scale"]) if sampling else 1.0,
+            top_p_scale=float(sampling["top_p_scale"]) if sampling else 1.0,
+        )
+
+    def generate(self, **kwargs) -> torch.Tensor:
+        """Drop-in ``generate``: every sampled token uses its own predicted T and P. Returns sequences."""
+        return self.generate_with_trace(**kwargs).sequences
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the heads (``heads.safetensors``) and ``heads_config.json``; never the base model.
+
+        Refuses to replace existing head files unless ``overwrite=True``. Each file is written atomically.
+        """
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights, config_path = directory / HEADS_WEIGHTS_NAME, directory / HEADS_CONFIG_NAME
+        existing = [str(p) for p in (weights, config_path) if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing} already exist; pass overwrite=True to replace them")
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.heads.state_dict().items()}
+        atomic_write_with(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write_text(config_path, self.heads_config.to_json_string())
+        logger.info("saved heads to %s", directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, heads_directory: str | os.PathLike, base_model: nn.Module, freeze_base: bool = True
+    ) -> AutoDecoModel:
+        """Attach heads saved by :meth:`save_pretrained` to ``base_model``.
+
+        Raises:
+            FileNotFoundError: the folder or one of its two files is missing.
+            ValueError: a corrupt file, or heads trained for another hidden size.
+        """
+        directory = Path(heads_directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"heads folder {directory} does not exist")
+        weights = directory / HEADS_WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing: this is not a steerdeco heads checkpoint")
+        config = HeadsConfig.from_json_file(directory / HEADS_CONFIG_NAME)
+        model = cls(base_model, heads_config=config, freeze_base=freeze_base)
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"{weights} is not a readable safetensors file ({error}); re-save the heads") from error
+        expected = set(model.heads.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not match the heads config: missing {missing}, unexpected {unexpected}")
+        try:
+            model.heads.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"{weights} has tensors of the wrong shape for {config}: {error}") from error
+        return model
