@@ -25,14 +25,6 @@ MIN_TEMPERATURE = 1e-4  # lower clamp on T, so logits / T stays finite
 INITIAL_TOP_P = 0.9
 
 
-def _log_partition(values: torch.Tensor, temperature: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
-    """``log sum_s counts_s * exp(values_s / T)`` over the last dim. values [..., M], T [...]."""
-    scaled = values / temperature.unsqueeze(-1)
-    if counts is not None:
-        scaled = scaled + torch.log(counts)
-    return torch.logsumexp(scaled, dim=-1)
-
-
 def probability_features(
     logits: torch.Tensor, temperature: torch.Tensor, counts: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -47,17 +39,16 @@ def probability_features(
     Returns:
         ``[..., 4]``: (max prob, entropy in nats, variance of the V probabilities, top-5 mass).
     """
-    log_z = _log_partition(logits, temperature, counts)
-    log_p = logits / temperature.unsqueeze(-1) - log_z.unsqueeze(-1)  # per-token log prob of each slot
-    p = log_p.exp()
-    weights = torch.ones_like(p) if counts is None else counts
-    vocab = weights.sum(-1)
-    max_prob = p.max(dim=-1).values
-    entropy = -(weights * p * log_p).sum(-1)
-    variance = (weights * p * p).sum(-1) / vocab - vocab.reciprocal().square()
-    k = min(5, logits.shape[-1])
-    top5 = p.topk(k, dim=-1).values.sum(-1)
-    return torch.stack([max_prob, entropy, variance, top5], dim=-1)
+    scaled = logits / temperature.unsqueeze(-1)
+    weighted = scaled if counts is None else scaled + torch.log(counts)
+    log_z = torch.logsumexp(weighted, dim=-1)
+    p = torch.exp(scaled - log_z.unsqueeze(-1))  # probability of one token of each slot
+    mass = p if counts is None else p * counts
+    vocab = torch.full_like(log_z, logits.shape[-1]) if counts is None else counts.sum(-1)
+    top = torch.exp(scaled.topk(min(5, logits.shape[-1]), dim=-1).values - log_z.unsqueeze(-1))
+    entropy = log_z - (mass * scaled).sum(-1)
+    variance = (mass * p).sum(-1) / vocab - vocab.reciprocal().square()
+    return torch.stack([top[..., 0], entropy, variance, top.sum(-1)], dim=-1)
 
 
 class TemperatureHead(nn.Module):

@@ -1,0 +1,85 @@
+"""Dynamic decoding against static sampling with the same T and P, on the embedded model.
+
+Batch 4, 128 new tokens (EOS suppressed with min_new_tokens so both do the same work), fresh heads
+(they predict T = 1.0, P = 0.9 everywhere, so static sampling uses exactly those). The two runs
+alternate in one process, after a warm-up of each; the last line is the median of the per-pair
+ratios dynamic / static.
+
+    python benchmarks/decoding_overhead.py [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from steerdeco import AutoDecoModel
+from steerdeco.embedded import load_embedded_model
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how vaccines train the immune system.",
+    "Describe a walk through a busy market in Marrakesh.",
+    "What are the pros and cons of remote work?",
+]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed pairs (default 7)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sequence (default 128)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> float:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base, tokenizer = load_embedded_model()
+    model = AutoDecoModel(base)
+    batch = tokenizer.apply_chat_template(
+        [[{"role": "user", "content": p}] for p in PROMPTS],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+        padding=True,
+    )
+    with torch.no_grad():
+        probe = model(**batch)
+    temperature, top_p = float(probe.temperature[0, -1]), float(probe.top_p[0, -1])
+    common = dict(**batch, do_sample=True, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, top_k=50)
+
+    def dynamic():
+        return model.generate(**common)
+
+    def static():
+        return base.generate(**common, temperature=temperature, top_p=top_p)
+
+    def timed(fn) -> float:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - start
+        assert out.shape[1] == batch["input_ids"].shape[1] + args.new_tokens
+        return elapsed
+
+    timed(dynamic), timed(static)  # warm-up
+    ratios = []
+    for i in range(args.repeats):
+        if i % 2 == 0:
+            d, s = timed(dynamic), timed(static)
+        else:
+            s, d = timed(static), timed(dynamic)
+        ratios.append(d / s)
+        print(f"pair {i + 1}: dynamic {d:.2f} s, static {s:.2f} s, ratio {d / s:.4f}", flush=True)
+    median = statistics.median(ratios)
+    print(f"T={temperature:.3f} P={top_p:.3f}, batch {len(PROMPTS)}, {args.new_tokens} new tokens, {args.repeats} pairs")
+    print(f"median dynamic/static time ratio: {median:.4f}")
+    return median
+
+
+if __name__ == "__main__":
+    main(make_parser().parse_args())

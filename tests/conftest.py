@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from steerdeco.testing import tiny_model_and_tokenizer
+
+
+@pytest.fixture
+def tiny():
+    """A fresh tiny Llama (hidden 64, 2 layers) and its ChatML tokenizer."""
+    return tiny_model_and_tokenizer(arch="llama", seed=0)
+
+
+@pytest.fixture
+def chat_batch(tiny):
+    """Two left-padded chat prompts of different lengths."""
+    _, tokenizer = tiny
+    conversations = [
+        [{"role": "user", "content": "hello there"}],
+        [{"role": "user", "content": "Write a short poem about the sea at night, please."}],
+    ]
+    return tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+from transformers import LogitsProcessor
+
+from steerdeco import AutoDecoModel, DynamicTemperatureTopP
+from steerdeco.chat import response_parameters
+from steerdeco.decoding import _StepRecord, generated_mask, top_p_filter
+from steerdeco.losses import IGNORE_INDEX
+
+
+def constant_heads(model, temperature, top_p):
+    """Make the heads predict the same T and P everywhere; return the exact float values they give."""
+    with torch.no_grad():
+        for head in (model.temperature_head, model.top_p_head):
+            head.mlp[-1].weight.zero_()
+        half = temperature / model.heads_config.max_temperature
+        model.temperature_head.mlp[-1].bias.fill_(math.log(half / (1 - half)))
+        model.top_p_head.mlp[-1].bias.fill_(math.log(top_p / (1 - top_p)))
+        t = model.temperature_head(torch.zeros(1, model.heads_config.hidden_size))
+    return float(t), float(torch.sigmoid(torch.tensor(math.log(top_p / (1 - top_p)))))
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.7, 0.8), (1.3, 0.95), (0.4, 0.5)])
+def test_constant_heads_match_static_sampling_token_for_token(tiny, chat_batch, temperature, top_p):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    t, p = constant_heads(model, temperature, top_p)
+    torch.manual_seed(11)
+    dynamic = model.generate(**chat_batch, do_sample=True, max_new_tokens=40)
+    torch.manual_seed(11)
+    static = base.generate(**chat_batch, do_sample=True, max_new_tokens=40, temperature=t, top_p=p)
+    assert torch.equal(dynamic, static)
+
+
+def test_user_temperature_and_top_p_multiply_the_predicted_values(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    t, p = constant_heads(model, 0.5, 0.6)
+    torch.manual_seed(3)
+    dynamic = model.generate(**chat_batch, do_sample=True, max_new_tokens=30, temperature=1.5, top_p=1.25, top_k=20)
+    torch.manual_seed(3)
+    static = base.generate(
+        **chat_batch, do_sample=True, max_new_tokens=30, temperature=t * 1.5, top_p=min(1.0, p * 1.25), top_k=20
+    )
+    assert torch.equal(dynamic, static)
+
+
+def test_dynamic_decoding_uses_different_parameters_per_row():
+    record = _StepRecord()
+    record.temperature.append(torch.tensor([0.5, 2.0]))
+    record.top_p.append(torch.tensor([0.3, 1.0]))
+    scores = torch.randn(2, 50)
+    original = scores.clone()
+    out = DynamicTemperatureTopP(record, top_k=0)(None, scores)
+    assert torch.equal(scores, original)  # never edits in place
+    kept0, kept1 = torch.isfinite(out[0]), torch.isfinite(out[1])
+    assert kept1.all() and kept0.sum() < 50
+    torch.testing.assert_close(out[1], scores[1] / 2.0)
+    torch.testing.assert_close(out[0][kept0], scores[0][kept0] / 0.5)
+
+
+def test_greedy_stays_greedy(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.add_(torch.randn_like(p))
+    assert torch.equal(model.generate(**chat_batch, max_new_tokens=25), base.generate(**chat_batch, max_new_tokens=25))
+
+
+def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch):
+    base, tokenizer = tiny
+    model = AutoDecoModel(base)
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    torch.manual_seed(0)
+    trace = model.generate_with_trace(**chat_batch, do_sample=True, max_new_tokens=20)
+    batch, prompt_length = chat_batch["input_ids"].shape
+    assert trace.prompt_length == prompt_length
+    assert trace.temperature.shape == trace.top_p.shape == trace.mask.shape == (batch, trace.generated.shape[1])
+    assert trace.temperature.std() > 0  # the heads really vary per token
+    # Scoring the generated sequences teacher-forced gives the same T and P for every real token.
+    sequences = trace.sequences
+    attention = torch.cat([chat_batch["attention_mask"], trace.mask.long()], dim=1)
+    labels = sequences.masked_fill(attention == 0, IGNORE_INDEX)
+    labels[:, :prompt_length] = IGNORE_INDEX
+    out = model(input_ids=sequences, attention_mask=attention)
+    for i, (t, p) in enumerate(response_parameters(out.temperature, out.top_p, labels)):
+        torch.testing.assert_close(t, trace.temperature[i][trace.mask[i]], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(p, trace.top_p[i][trace.mask[i]], rtol=1e-4, atol=1e-5)
+    rows = trace.rows()
+    assert [len(r["token_ids"]) for r in rows] == trace.mask.sum(1).tolist()
+
+
+def test_generated_mask_stops_after_the_first_eos():
+    generated = torch.tensor([[5, 2, 3, 3], [5, 6, 7, 8]])
+    assert generated_mask(generated, 2).tolist() == [[True, True, False, False], [True, True, True, True]]
+    assert generated_mask(generated, [7, 2]).tolist() == [[True, True, False, False], [True, True, True, False]]
+
+
+class Boom(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        raise RuntimeError("boom")
+
+
+def test_hooks_are_removed_after_generation_and_on_error(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    model.generate(**chat_batch, do_sample=True, max_new_tokens=3)
+    assert not base.lm_head._forward_hooks
+    with pytest.raises(RuntimeError, match="boom"):
+        model.generate(**chat_batch, do_sample=True, max_new_tokens=3, logits_processor=[Boom()])
+    assert not base.lm_head._forward_hooks
+    model(**chat_batch)
+    assert not base.lm_head._forward_hooks
+
+
+def test_bad_decoding_arguments_are_refused(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    with pytest.raises(ValueError, match="`temperature` multiplies"):
+        DynamicTemperatureTopP(_StepRecord(), temperature_scale=0.0)
+    with pytest.raises(ValueError, match="`top_p` multiplies"):
+        DynamicTemperatureTopP(_StepRecord(), top_p_scale=float("nan"))
+    with pytest.raises(ValueError, match="min_tokens_to_keep"):
+        DynamicTemperatureTopP(_StepRecord(), min_tokens_to_keep=0)
+    with pytest.raises(ValueError, match="beam search"):
+        model.generate(**chat_batch, num_beams=2, max_new_tokens=3)
+    with pytest.raises(RuntimeError, match="before any forward pass"):
+        DynamicTemperatureTopP(_StepRecord())(None, torch.randn(1, 5))
+
+
+def test_top_p_filter_keeps_at_least_one_token():
+    scores = torch.tensor([[10.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    out = top_p_filter(scores, torch.tensor([0.01, 0.5]))
+    assert torch.isfinite(out).sum(1).tolist() == [1, 2]

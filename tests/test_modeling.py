@@ -1,0 +1,153 @@
+import pytest
+import torch
+
+from steerdeco import AutoDecoModel, HeadsConfig
+from steerdeco.config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME
+from steerdeco.testing import tiny_model
+
+
+def labels_for(batch):
+    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+
+def test_forward_returns_logits_and_per_position_parameters(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    out = model(**chat_batch)
+    batch, length = chat_batch["input_ids"].shape
+    assert out.logits.shape == (batch, length, base.config.vocab_size)
+    assert out.temperature.shape == out.top_p.shape == (batch, length)
+    assert out.hidden_states.shape == (batch, length, base.config.hidden_size)
+    assert ((out.temperature > 0) & (out.temperature < 2)).all()
+    assert ((out.top_p > 0) & (out.top_p < 1)).all()
+    assert out.loss is None
+    torch.testing.assert_close(out.logits, base(**chat_batch).logits)
+
+
+def test_wrapper_references_the_base_weights_and_freezes_them(tiny):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    assert model.base_model is base
+    assert model.base_model.lm_head.weight.data_ptr() == base.lm_head.weight.data_ptr()
+    assert not any(p.requires_grad for p in base.parameters())
+    assert all(p.requires_grad for p in model.heads.parameters())
+
+
+def test_labels_give_losses_whose_gradients_reach_both_heads(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    model.loss_config.easy_token_fraction = 0.0
+    optimizer = torch.optim.SGD(model.heads.parameters(), lr=0.1)
+    out = model(**chat_batch, labels=labels_for(chat_batch))
+    assert out.temperature_loss > 0 and out.top_p_loss > 0
+    out.loss.backward()
+    assert model.temperature_head.mlp[-1].weight.grad.abs().sum() > 0
+    assert model.top_p_head.mlp[-1].weight.grad.abs().sum() > 0
+    optimizer.step()
+    optimizer.zero_grad()
+    model(**chat_batch, labels=labels_for(chat_batch)).loss.backward()
+    # after one step the zero-initialised last layers pass gradients to the first layers too
+    assert model.temperature_head.mlp[0].weight.grad.abs().sum() > 0
+    assert model.top_p_head.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_heads_loss_goes_down_on_the_tiny_model(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    model.loss_config.easy_token_fraction = 0.0
+    optimizer = torch.optim.Adam(model.heads.parameters(), lr=1e-2)
+    labels = labels_for(chat_batch)
+    losses = []
+    for _ in range(15):
+        loss = model(**chat_batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_save_and_load_round_trip_writes_heads_only(tiny, chat_batch, tmp_path):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "heads")
+    assert sorted(f.name for f in (tmp_path / "heads").iterdir()) == sorted([HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME])
+    loaded = AutoDecoModel.from_pretrained(tmp_path / "heads", base_model=base)
+    a, b = model(**chat_batch), loaded(**chat_batch)
+    torch.testing.assert_close(a.temperature, b.temperature)
+    torch.testing.assert_close(a.top_p, b.top_p)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save_pretrained(tmp_path / "heads")
+    model.save_pretrained(tmp_path / "heads", overwrite=True)
+    assert not [f for f in (tmp_path / "heads").iterdir() if f.name.startswith(".")]
+
+
+def test_heads_checkpoint_for_smollm2_size_is_under_2_mb(tmp_path):
+    # SmolLM2-135M has hidden size 576; the heads do not depend on anything else of the base model.
+    base = tiny_model(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=64)
+    AutoDecoModel(base).save_pretrained(tmp_path)
+    size = sum(f.stat().st_size for f in tmp_path.iterdir())
+    assert 100_000 < size < 2 * 1024 * 1024
+
+
+def test_loading_refuses_bad_checkpoints_with_clear_errors(tiny, tmp_path):
+    base, _ = tiny
+    AutoDecoModel(base).save_pretrained(tmp_path / "ok")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        AutoDecoModel.from_pretrained(tmp_path / "nowhere", base_model=base)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="heads.safetensors is missing"):
+        AutoDecoModel.from_pretrained(tmp_path / "empty", base_model=base)
+
+    wider = tiny_model(hidden_size=96, num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(ValueError, match="hidden size 64 but the base model"):
+        AutoDecoModel.from_pretrained(tmp_path / "ok", base_model=wider)
+
+    corrupt = tmp_path / "corrupt"
+    AutoDecoModel(base).save_pretrained(corrupt)
+    (corrupt / HEADS_WEIGHTS_NAME).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        AutoDecoModel.from_pretrained(corrupt, base_model=base)
+
+    bad_json = tmp_path / "bad_json"
+    AutoDecoModel(base).save_pretrained(bad_json)
+    (bad_json / HEADS_CONFIG_NAME).write_text("{oops")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        AutoDecoModel.from_pretrained(bad_json, base_model=base)
+
+    other_width = tmp_path / "other_width"
+    AutoDecoModel(base, heads_config=HeadsConfig(hidden_size=64, mlp_width=8)).save_pretrained(other_width)
+    (other_width / HEADS_CONFIG_NAME).write_text(HeadsConfig(hidden_size=64).to_json_string())
+    with pytest.raises(ValueError, match="wrong shape"):
+        AutoDecoModel.from_pretrained(other_width, base_model=base)
+
+
+def test_heads_config_validates_and_round_trips(tmp_path):
+    config = HeadsConfig(hidden_size=32, mlp_width=16, max_temperature=1.5, top_p_features=False, base_model="x")
+    (tmp_path / "c.json").write_text(config.to_json_string())
+    assert HeadsConfig.from_json_file(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match="max_temperature"):
+        HeadsConfig(hidden_size=32, max_temperature=0)
+    with pytest.raises(ValueError, match="unknown heads config keys"):
+        HeadsConfig.from_dict({"hidden_size": 4, "colour": "red"})
+
+
+def test_max_temperature_and_feature_switch_are_respected(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base, heads_config=HeadsConfig(hidden_size=64, max_temperature=0.5, top_p_features=False))
+    with torch.no_grad():
+        model.temperature_head.mlp[-1].bias.fill_(50.0)
+    out = model(**chat_batch)
+    assert torch.allclose(out.temperature, torch.full_like(out.temperature, 0.5))
+    assert model.top_p_head.mlp[0].in_features == 64 + 1
+
+
+def test_qwen2_base_models_work(chat_batch):
+    from steerdeco.testing import tiny_model_and_tokenizer
+
+    base, _ = tiny_model_and_tokenizer(arch="qwen2")
+    out = AutoDecoModel(base)(**chat_batch)
+    assert out.temperature.shape == chat_batch["input_ids"].shape
