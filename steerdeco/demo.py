@@ -1,68 +1,225 @@
-"""The README's main job: dynamic decoding on the embedded SmolLM2-135M-Instruct model.
+"""The README's main job: the whole steerdeco pipeline on the embedded SmolLM2-135M-Instruct model.
 
-``python -m steerdeco.demo`` generates from the embedded model with AutoDeco heads (freshly
-initialised, or loaded with ``--heads DIR``) for a few prompts and prints each text with the
-temperature and top-p predicted for every token.
+``python -m steerdeco.demo`` runs, with progress bars:
+
+1. **control data**: a seeded subset of the project's prompts under low / high / placebo commands,
+   each group sharing one response generated greedily by the base model
+   (:func:`steerdeco.control.build_control_data`);
+2. **training**: ``configs/demo.yaml`` (head-only AutoDeco + steering objective, from a cache of the
+   frozen backbone) through :func:`steerdeco.train.main`;
+3. **analysis**: teacher-forced and free-running scores of the held-out prompts, consistency
+   statistics, trajectories and text effects (:func:`analysis.cli.run_analysis`), written as a
+   Markdown report with CSV/JSON tables and PNG figures;
+
+and prints the consistency table at the end. Every run gets its own folder
+(``outputs/demo/run-YYYYmmdd-HHMMSS`` unless ``--out`` names one); generated responses and the
+backbone cache are kept in ``outputs/demo/cache`` and reused by later runs whose settings match.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from pathlib import Path
 
-import torch
+logger = logging.getLogger(__name__)
 
-DEFAULT_PROMPTS = [
-    "What is the capital of France?",
-    "Write a two-line poem about autumn leaves.",
-    "Answer with as little randomness as possible: what is 12 times 7?",
-]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DEFAULT_ROOT = Path("outputs") / "demo"
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m steerdeco.demo", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--heads", default=None, help="heads folder saved by AutoDecoModel.save_pretrained (default: fresh heads)")
-    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: 3 built-in prompts)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser = argparse.ArgumentParser(
+        prog="python -m steerdeco.demo",
+        description="Build control data, train configs/demo.yaml and analyse it, on the embedded SmolLM2-135M-Instruct.",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="run folder (default: outputs/demo/run-<date>-<time>); an existing non-empty folder needs --overwrite",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="training config (default: configs/demo.yaml)")
+    parser.add_argument(
+        "--cache-dir",
+        default=str(DEFAULT_ROOT / "cache"),
+        help="generated responses and backbone cache, reused across runs (default: outputs/demo/cache)",
+    )
+    parser.add_argument("--max-prompts", type=int, default=120, help="prompts drawn from the project's set (default 120)")
+    parser.add_argument(
+        "--response-tokens", type=int, default=32, help="length limit of the generated shared responses (default 32)"
+    )
+    parser.add_argument(
+        "--free-running-groups",
+        type=int,
+        default=8,
+        help="held-out prompts that also generate their own text under every command (default 8; 0: skip)",
+    )
+    parser.add_argument("--seeds", default="0,1", help="sampling seeds of the free-running protocol (default 0,1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data build, training and bootstrap (default 0)")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
 
 
-def format_trace(tokenizer, prompt: str, row: dict) -> str:
-    """A prompt, its generated text and a token / T / P table."""
-    lines = [f"### {prompt}", tokenizer.decode(row["token_ids"], skip_special_tokens=True).strip(), "token            T      P"]
-    for token_id, t, p in zip(row["token_ids"], row["temperature"], row["top_p"], strict=True):
-        piece = repr(tokenizer.decode([token_id]))[:16]
-        lines.append(f"{piece:<16} {t:5.3f}  {p:5.3f}")
-    return "\n".join(lines)
+def _check_args(args: argparse.Namespace) -> list[int]:
+    for name in ("max_prompts", "response_tokens", "n_boot"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.free_running_groups < 0:
+        raise SystemExit(f"--free-running-groups must be >= 0, got {args.free_running_groups}")
+    try:
+        seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds must be comma-separated integers such as 0,1; got {args.seeds!r}") from None
+    if not seeds:
+        raise SystemExit("--seeds needs at least one seed")
+    if not Path(args.config).is_file():
+        raise SystemExit(f"--config {args.config}: no such file (run from the repository, or pass --config FILE)")
+    return seeds
+
+
+def run_folder(out: str | None, overwrite: bool) -> Path:
+    """The run's folder: ``out`` (refused when non-empty unless ``overwrite``) or a fresh timestamped one."""
+    if out is None:
+        folder = DEFAULT_ROOT / time.strftime("run-%Y%m%d-%H%M%S")
+        while folder.exists():
+            time.sleep(1)
+            folder = DEFAULT_ROOT / time.strftime("run-%Y%m%d-%H%M%S")
+    else:
+        folder = Path(out)
+        if folder.exists() and any(folder.iterdir()):
+            if not overwrite:
+                raise SystemExit(f"--out {folder} exists and is not empty; pass --overwrite to replace it, or another --out")
+            import shutil
+
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def training_config(args: argparse.Namespace, data: Path, folder: Path):
+    """``configs/demo.yaml`` read by the training CLI's own parser, with this run's paths."""
+    from .train import make_parser as train_parser
+
+    argv = [
+        "--config", str(args.config),
+        "--dataset_path", str(data),
+        "--output_dir", str(folder / "train"),
+        "--cache_dir", str(Path(args.cache_dir) / "backbone"),
+        "--seed", str(args.seed),
+        "--final_ordering_report", "false",
+        "--disable_tqdm", str(not args.progress).lower(),
+    ]  # fmt: skip
+    (config,) = train_parser().parse_args_and_config(args=argv)
+    return config
 
 
 def main(args: argparse.Namespace) -> int:
-    from .embedded import load_embedded_model
-    from .modeling import AutoDecoModel
+    from analysis.cli import run_analysis
 
-    if args.max_new_tokens < 1:
-        raise SystemExit(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    from .control import BuildConfig, build_control_data, load_control_data
+    from .embedded import load_embedded_model
+    from .train import main as train
+    from .training import load_trained_model
+    from .training.evaluation import summarize_ordering
+
+    seeds = _check_args(args)
+    folder = run_folder(args.out, args.overwrite)
+    timings: dict[str, float] = {}
+    logger.info("demo run folder: %s", folder)
+
+    started = time.perf_counter()
     base, tokenizer = load_embedded_model()
-    model = AutoDecoModel(base) if args.heads is None else AutoDecoModel.from_pretrained(args.heads, base_model=base)
-    prompts = args.prompt or DEFAULT_PROMPTS
-    batch = tokenizer.apply_chat_template(
-        [[{"role": "user", "content": p}] for p in prompts],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-        padding=True,
+    data = folder / "control_data"
+    build_control_data(
+        BuildConfig(
+            out=str(data),
+            seed=args.seed,
+            responses="generate",
+            max_prompts=args.max_prompts,
+            max_new_tokens=args.response_tokens,
+            batch_size=16,
+            work_dir=str(Path(args.cache_dir) / "responses"),
+            progress=args.progress,
+        ),
+        model=base,
+        tokenizer=tokenizer,
     )
-    torch.manual_seed(args.seed)
-    trace = model.generate_with_trace(**batch, do_sample=True, max_new_tokens=args.max_new_tokens)
-    heads = "fresh heads" if args.heads is None else f"heads from {args.heads}"
-    print(f"Dynamic decoding on the embedded SmolLM2-135M-Instruct with {heads}\n")
-    for prompt, row in zip(prompts, trace.rows(), strict=True):
-        print(format_trace(tokenizer, prompt, row) + "\n")
+    timings["control data"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    config = training_config(args, data, folder)
+    train(config)
+    timings["training"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model = load_trained_model(folder / "train", base).eval()
+    rows = [dict(r) for r in load_control_data(data) if r["split"] == "eval"]
+    markdown, tables = run_analysis(
+        model,
+        tokenizer,
+        rows,
+        folder / "results",
+        seeds=seeds,
+        max_new_tokens=args.response_tokens,
+        free_running_groups=args.free_running_groups,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    timings["analysis"] = time.perf_counter() - started
+
+    ordering = ordering_from_scores(tables, summarize_ordering)
+    (folder / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    print(final_summary(folder, tables, ordering, timings))
     return 0
 
 
+def ordering_from_scores(tables: dict, summarize) -> dict:
+    """Share of held-out prompts whose mean T (and P) is ordered low < none < high, per phrasing split."""
+    scores = tables.get("scores.teacher_forced")
+    if scores is None:
+        return {}
+    records = [
+        {
+            "group_id": row.group_id,
+            "variant": row.variant,
+            "command_split": row.command_split,
+            "temperature": float(row.temperature.mean()),
+            "top_p": float(row.top_p.mean()),
+        }
+        for row in scores.itertuples()
+    ]
+    return summarize(records)["by_command_split"]
+
+
+def final_summary(folder: Path, tables: dict, ordering: dict, timings: dict) -> str:
+    from analysis.consistency import format_consistency_table
+
+    lines = ["", "=" * 100, "Consistency on held-out prompts (teacher-forced; 95% bootstrap intervals)", ""]
+    main_table = tables.get("teacher_forced.main")
+    lines.append(format_consistency_table(main_table) if main_table is not None else "(no table)")
+    by_split = tables.get("teacher_forced.main_by_command_split")
+    if by_split is not None and not by_split.empty:
+        lines += ["", "By phrasing split (train phrasings vs phrasings never seen in training):", ""]
+        lines.append(format_consistency_table(by_split, by="command_split"))
+    if ordering:
+        lines += ["", "Held-out prompts ordered low < none < high (response-mean T / P):"]
+        for split, entry in ordering.items():
+            lines.append(
+                f"  {split:8s} phrasings: T {entry['temperature_ordered']:.1%}, P {entry['top_p_ordered']:.1%} "
+                f"of {entry['units']} prompts"
+            )
+    lines += ["", "Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f} s)"]
+    lines += [f"Report: {folder / 'results' / 'report.md'}", f"Heads:  {folder / 'train'}"]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main(make_parser().parse_args()))

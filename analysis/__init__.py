@@ -1,0 +1,69 @@
+"""Statistics, figures and the report of steerdeco's command-obedience experiments.
+
+Input everywhere: a pandas DataFrame of *variant scores*, one row per measured variant instance
+(schema in :mod:`analysis.consistency`; :mod:`analysis.collect` produces it from a model).
+
+* :mod:`analysis.consistency`: paired effects, consistency, CIs, tests, breakdowns, dose-response,
+  Markdown formatting, :func:`~analysis.consistency.synthetic_scores`;
+* :mod:`analysis.trajectories`: per-token trajectories and position-binned means;
+* :mod:`analysis.text_effects`: distinct-n, self-BLEU and length of free-running texts;
+* :mod:`analysis.decomposition`: constant shift vs token-level change (teacher-forced);
+* :mod:`analysis.plots`: PNG figures (matplotlib imported lazily, Agg canvas);
+* :mod:`analysis.report`: the ``results/`` folder (tables, figures, ``report.md``);
+* :mod:`analysis.scores_io`: raw variant scores as JSON Lines (save, load, a results folder's scores);
+* :mod:`analysis.cli`: ``python -m analysis`` (model + control data -> results folder) and
+  :func:`~analysis.cli.run_analysis` for a model already in memory;
+* :mod:`analysis.notebook`: what the notebooks in ``notebooks/`` load and show.
+
+Importing this package has no side effects and imports neither torch nor matplotlib.
+"""
+
+from .cli import run_analysis
+from .consistency import (
+    add_means,
+    breakdowns,
+    consistency_table,
+    dose_response,
+    effect_table,
+    format_consistency_table,
+    format_stats_table,
+    markdown_table,
+    paired_differences,
+    paired_stats,
+    synthetic_scores,
+    validate_scores,
+)
+from .decomposition import decompose_shift, decomposition, decomposition_summary
+from .report import analyse, write_report
+from .scores_io import load_results, load_scores, save_scores
+from .text_effects import distinct_n, self_bleu, text_effects
+from .trajectories import binned_trajectories, select_trajectory
+
+__all__ = [
+    "add_means",
+    "analyse",
+    "binned_trajectories",
+    "breakdowns",
+    "consistency_table",
+    "decompose_shift",
+    "decomposition",
+    "decomposition_summary",
+    "distinct_n",
+    "dose_response",
+    "effect_table",
+    "format_consistency_table",
+    "format_stats_table",
+    "load_results",
+    "load_scores",
+    "markdown_table",
+    "paired_differences",
+    "paired_stats",
+    "run_analysis",
+    "save_scores",
+    "select_trajectory",
+    "self_bleu",
+    "synthetic_scores",
+    "text_effects",
+    "validate_scores",
+    "write_report",
+]

@@ -1,0 +1,145 @@
+"""Build control data: prompts under randomness commands (none / low / high / placebo) sharing one response.
+
+    python -m steerdeco.build_control_data                                  # project prompts and commands, no responses
+    python -m steerdeco.build_control_data --responses generate --overwrite # responses by the embedded SmolLM2
+    python -m steerdeco.build_control_data --config configs/control_data_default.yaml --seed 1
+
+Options can come from a YAML file (``--config``; keys are the option names with ``_`` or ``-``);
+flags given on the command line override it. The output folder holds a ``datasets`` dataset
+(``save_to_disk``), ``control_data.jsonl`` and ``summary.json``; ``docs/control_data.md`` describes
+the rows and the command-file schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from steerdeco.control.build import DEFAULT_OUT, BuildConfig, BuildResult, build_control_data
+from steerdeco.control.errors import ControlDataError
+from steerdeco.control.insertion import PLACEMENT_MODES
+from steerdeco.control.prompts import SPECIAL_SOURCES
+from steerdeco.control.responses import RESPONSE_MODES
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+CLI_ONLY_KEYS = ("log_level",)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only options given on the command line end up in the namespace."""
+    defaults = BuildConfig()
+    kwargs = dict(
+        description=__doc__.split("\n\n")[0],
+        epilog="Every option can also be set in the --config YAML file; command-line flags override it.",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if subparsers is not None:
+        parser = subparsers.add_parser("build_control_data", help="build control data", **kwargs)
+    else:
+        parser = argparse.ArgumentParser(prog="python -m steerdeco.build_control_data", **kwargs)
+
+    parser.add_argument("--config", metavar="FILE", help="YAML file with any of the options below (keys like max_prompts)")
+    group = parser.add_argument_group("inputs")
+    group.add_argument(
+        "--prompts", action="append", metavar="SOURCE",
+        help=f"a prompt source, repeatable: {', '.join(SPECIAL_SOURCES)} (MT-Bench / GSM8K files of their pip "
+        "packages) or a JSONL file of {\"prompt\": ...} or {\"messages\": [...]} lines with optional id, category, "
+        "completion (default: builtin)",
+    )
+    group.add_argument("--commands", metavar="FILE", help="command library (YAML or JSON, schema in docs/control_data.md; "
+                       "default: control_data/commands.yaml)")
+    group.add_argument("--max-prompts", type=int, metavar="N", help="use a seeded random subset of at most N prompts (default: all)")
+
+    group = parser.add_argument_group("variants")
+    group.add_argument("--seed", type=int, metavar="N", help=f"seed for the split, the commands and the placements (default: {defaults.seed})")
+    group.add_argument("--eval-fraction", type=float, metavar="F",
+                       help=f"fraction of prompts held out as eval, stratified by category (default: {defaults.eval_fraction})")
+    group.add_argument("--placement", choices=PLACEMENT_MODES,
+                       help=f"where commands go: before/after the prompt, into a system message, or sampled per row (default: {defaults.placement})")
+    group.add_argument("--commands-per-level", type=int, metavar="N",
+                       help=f"commands per direction and level in each group, per phrasing split on eval prompts (default: {defaults.commands_per_level})")
+    group.add_argument("--placebos", type=int, metavar="N",
+                       help=f"placebo commands per group, per phrasing split on eval prompts (default: {defaults.placebos})")
+
+    group = parser.add_argument_group("responses")
+    group.add_argument("--responses", choices=RESPONSE_MODES,
+                       help="the shared response of each group: the prompts' 'completion' (given), greedy output of the base model "
+                       f"(generate) or none (default: {defaults.responses})")
+    group.add_argument("--model", metavar="NAME",
+                       help=f"generation model: 'embedded' (SmolLM2-135M-Instruct, offline) or a local HF model folder (default: {defaults.model})")
+    group.add_argument("--max-new-tokens", type=int, metavar="N", help=f"response length limit for generation (default: {defaults.max_new_tokens})")
+    group.add_argument("--batch-size", type=int, metavar="N", help=f"prompts per generation batch (default: {defaults.batch_size})")
+    group.add_argument("--work-dir", metavar="DIR",
+                       help="folder of the resumable response cache (default: <out>.work next to the output folder)")
+
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
+    group.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
+                       help="replace an existing output folder (only once the new one is complete; default: refuse)")
+    group.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show progress bars (default: on)")
+    group.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (default: INFO)")
+    return parser
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Options from a YAML file, keys normalised to field names.
+
+    Raises:
+        ControlDataError: a missing or malformed file, or an unknown key (named in the message).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ControlDataError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as error:
+        raise ControlDataError(f"--config {path}: not valid YAML ({error})") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ControlDataError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    known = BuildConfig.field_names() + CLI_ONLY_KEYS
+    options = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ControlDataError(f"--config {path}: unknown key {key!r}; known keys: {', '.join(known)}")
+        options[name] = value
+    return options
+
+
+def resolve_options(args: argparse.Namespace) -> tuple[BuildConfig, str]:
+    """Merge ``--config`` (if any) under the command-line options; returns the config and the log level."""
+    options = {k: v for k, v in vars(args).items() if v is not None}  # None: not given
+    config_file = options.pop("config", None)
+    merged = read_config_file(config_file) if config_file else {}
+    merged.update(options)
+    log_level = merged.pop("log_level", None) or "INFO"
+    if log_level not in LOG_LEVELS:
+        raise ControlDataError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    return BuildConfig(**merged), log_level
+
+
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> BuildResult:
+    """Build control data from parsed arguments (or an argv list; ``None``: ``sys.argv``)."""
+    if not isinstance(args, argparse.Namespace):
+        args = make_parser().parse_args(args)
+    config, log_level = resolve_options(args)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("steerdeco").setLevel(log_level)
+    return build_control_data(config)
+
+
+if __name__ == "__main__":
+    parser = make_parser()
+    try:
+        main(parser.parse_args())
+    except ControlDataError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    sys.exit(0)

@@ -1,0 +1,202 @@
+"""Write a build atomically (a ``datasets`` folder, a JSONL file, ``summary.json``) and read it back.
+
+An output folder holds ``data-00000-of-00001.arrow``, ``dataset_info.json`` and ``state.json``
+(``datasets.Dataset.save_to_disk``), ``control_data.jsonl`` (the same rows, one JSON object per
+line) and ``summary.json`` (counts and the build settings). Everything is written into a temporary
+sibling folder that is renamed into place at the end; with ``overwrite`` the old folder is only
+removed once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from .errors import ControlDataError
+from .variants import COLUMNS
+
+logger = logging.getLogger(__name__)
+
+JSONL_NAME = "control_data.jsonl"
+SUMMARY_NAME = "summary.json"
+NONE_KEY = "none"
+
+
+def features():
+    """The ``datasets.Features`` of a control-data row (fixed, so that all-null columns keep their type)."""
+    import datasets
+
+    string = datasets.Value("string")
+    return datasets.Features(
+        {
+            "group_id": string,
+            "prompt_id": string,
+            "source": string,
+            "category": string,
+            "split": string,
+            "variant": string,
+            "level": datasets.Value("int64"),
+            "command_id": string,
+            "command_split": string,
+            "command": string,
+            "target_temperature": datasets.Value("float64"),
+            "placement": string,
+            "messages": datasets.List({"role": string, "content": string}),
+            "response": string,
+        }
+    )
+
+
+def rows_to_dataset(rows: Sequence[Mapping]):
+    """Rows as a ``datasets.Dataset`` with :func:`features` (columns in :data:`COLUMNS` order)."""
+    import datasets
+
+    return datasets.Dataset.from_list([{c: row[c] for c in COLUMNS} for row in rows], features=features())
+
+
+def to_jsonl(rows: Iterable[Mapping]) -> str:
+    """One JSON object per row, keys in :data:`COLUMNS` order, UTF-8 kept as is."""
+    return "".join(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False) + "\n" for row in rows)
+
+
+def _key(value: object) -> str:
+    return NONE_KEY if value is None else str(value)
+
+
+def _count(rows: Sequence[Mapping], *columns: str) -> dict:
+    """Nested counts ``{value of column 1: {value of column 2: n}}``, keys sorted."""
+    if len(columns) == 1:
+        counts = Counter(_key(row[columns[0]]) for row in rows)
+        return {k: counts[k] for k in sorted(counts)}
+    groups: dict[str, list] = {}
+    for row in rows:
+        groups.setdefault(_key(row[columns[0]]), []).append(row)
+    return {k: _count(groups[k], *columns[1:]) for k in sorted(groups)}
+
+
+def summarize(rows: Sequence[Mapping], dropped: Sequence[str] = (), settings: Mapping | None = None) -> dict:
+    """Counts by direction (variant), level, prompt split, phrasing split and placement, and more."""
+    groups = [row for row in rows if row["variant"] == "none"]
+    return {
+        "rows": len(rows),
+        "groups": len(groups),
+        "prompts_by_split": _count(groups, "split"),
+        "prompts_by_source": _count(groups, "source"),
+        "prompts_by_category_and_split": _count(groups, "category", "split"),
+        "rows_by_variant": _count(rows, "variant"),
+        "rows_by_variant_and_level": _count(rows, "variant", "level"),
+        "rows_by_split": _count(rows, "split"),
+        "rows_by_command_split": _count(rows, "command_split"),
+        "rows_by_split_and_command_split": _count(rows, "split", "command_split"),
+        "rows_by_placement": _count(rows, "placement"),
+        "rows_with_target_temperature": sum(row["target_temperature"] is not None for row in rows),
+        "rows_with_response": sum(row["response"] is not None for row in rows),
+        "distinct_commands": len({row["command_id"] for row in rows if row["command_id"] is not None}),
+        "dropped_prompts": list(dropped),
+        "settings": dict(settings or {}),
+    }
+
+
+def log_summary(summary: Mapping) -> None:
+    logger.info(
+        "%d rows in %d groups; prompts by split %s", summary["rows"], summary["groups"], summary["prompts_by_split"]
+    )
+    for name in ("rows_by_variant_and_level", "rows_by_split_and_command_split", "rows_by_placement"):
+        logger.info("%s: %s", name, json.dumps(summary[name]))
+    if summary["dropped_prompts"]:
+        logger.warning("dropped %d prompts: %s", len(summary["dropped_prompts"]), summary["dropped_prompts"])
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as a Path; refuses an existing folder unless ``overwrite``.
+
+    Raises:
+        ControlDataError: ``out`` exists and ``overwrite`` is false, or ``out`` is a file.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ControlDataError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.exists() and not overwrite:
+        raise ControlDataError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    return out
+
+
+def write_output(rows: Sequence[Mapping], summary: Mapping, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the dataset, the JSONL file and ``summary.json`` into ``out``, atomically.
+
+    Raises:
+        ControlDataError: ``out`` exists and ``overwrite`` is false.
+    """
+    import datasets
+
+    out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
+    old = None
+    try:
+        dataset = rows_to_dataset(rows)
+        enabled = not datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # a bar for a sub-second save is noise
+        try:
+            dataset.save_to_disk(str(tmp))
+        finally:
+            if enabled:
+                datasets.enable_progress_bars()
+        (tmp / JSONL_NAME).write_text(to_jsonl(rows), encoding="utf-8")
+        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        check_output_dir(out, overwrite)  # it may have appeared meanwhile
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not out.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def load_control_data(path: str | Path, split: str | None = None):
+    """A built control-data folder (or its JSONL file) as a ``datasets.Dataset``.
+
+    Args:
+        path: the ``--out`` folder of a build, or a ``control_data.jsonl`` file.
+        split: ``"train"`` or ``"eval"`` to keep only those prompts' rows; ``None``: all rows.
+
+    Raises:
+        ControlDataError: nothing built there, or rows that lack columns of the schema.
+    """
+    import datasets
+
+    path = Path(path)
+    if path.is_file():
+        from .prompts import read_jsonl
+
+        dataset = datasets.Dataset.from_list([record for _, record in read_jsonl(path)], features=features())
+    elif (path / "state.json").is_file():
+        dataset = datasets.load_from_disk(str(path))
+    else:
+        raise ControlDataError(f"no control data at {path}: build it with python -m steerdeco.build_control_data --out {path}")
+    missing = [c for c in COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise ControlDataError(f"{path}: rows lack the columns {missing}; rebuild with python -m steerdeco.build_control_data")
+    if split is not None:
+        if split not in ("train", "eval"):
+            raise ControlDataError(f"split must be 'train', 'eval' or None, got {split!r}")
+        dataset = dataset.filter(lambda value: value == split, input_columns="split")
+    return dataset

@@ -1,0 +1,35 @@
+"""Training AutoDeco heads to obey randomness commands (trl ``SFTTrainer`` subclass, ranking losses,
+backbone cache, pickle-free checkpoints, ordering metrics).
+
+    >>> from steerdeco.training import SteeringConfig, SteeringTrainer
+    >>> trainer = SteeringTrainer(args=SteeringConfig(output_dir="out", dataset_path="control_data/demo"))
+    >>> trainer.train(); trainer.save_model()
+
+The command line is ``python -m steerdeco.train --config configs/head_only.yaml`` (see
+:mod:`steerdeco.train`).
+"""
+
+from .cache import BackboneCache, build_backbone_cache, load_or_build_cache
+from .checkpoint import load_trained_model
+from .collator import SteeringCollator, encode_groups, load_control_rows, select_split
+from .config import SteeringConfig
+from .evaluation import evaluate_ordering, summarize_ordering
+from .trainer import SteeringModel, SteeringTrainer, build_model, load_base_model
+
+__all__ = [
+    "BackboneCache",
+    "SteeringCollator",
+    "SteeringConfig",
+    "SteeringModel",
+    "SteeringTrainer",
+    "build_backbone_cache",
+    "build_model",
+    "encode_groups",
+    "evaluate_ordering",
+    "load_base_model",
+    "load_control_rows",
+    "load_or_build_cache",
+    "load_trained_model",
+    "select_split",
+    "summarize_ordering",
+]

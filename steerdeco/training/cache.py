@@ -1,0 +1,276 @@
+"""Head-only training from a cache of the frozen backbone's outputs.
+
+With a frozen backbone the heads only ever see, at each response position, the last hidden state
+and the next-token distribution. :func:`build_backbone_cache` runs the backbone once per control
+row and keeps exactly that: the hidden state ``[H]`` and the compressed logits
+(:func:`steerdeco.losses.compress_logits`: top-k slots plus binned tail, enough for the top-p
+features and both AutoDeco losses). Training then runs the heads alone
+(``heads(hidden, slots.values, slots.counts)``).
+
+The cache is one safetensors file (default ``OUTPUT_DIR/backbone_cache/backbone_cache.safetensors``)
+whose metadata holds a fingerprint of the model weights, the tokenised rows and the compression
+settings; :func:`load_or_build_cache` rebuilds a cache whose fingerprint does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..hooks import on_lm_head
+from ..io import atomic_write_with
+from ..losses import LogitSlots, compress_logits, exact_slots
+
+logger = logging.getLogger(__name__)
+
+CACHE_FILE = "backbone_cache.safetensors"
+CACHE_FORMAT = "1"
+
+
+def backbone_outputs(
+    base_model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_positions: torch.Tensor,
+    response_targets: torch.Tensor,
+    response_mask: torch.Tensor,
+    top_k: int,
+    num_bins: int,
+) -> tuple[torch.Tensor, LogitSlots, torch.Tensor]:
+    """Run the base model and read it at the response positions.
+
+    Args:
+        input_ids, attention_mask: ``[R, L]`` right-padded rows.
+        response_positions: ``[R, N]`` position whose prediction scores response token ``j``.
+        response_targets: ``[R, N]`` response token ``j``.
+        response_mask: ``[R, N]`` real response tokens.
+        top_k, num_bins: logit compression (``top_k=0``: exact slots).
+
+    Returns:
+        ``(hidden [K, H], slots, logits [K, V])`` for the ``K`` masked positions in row-major order;
+        the slots are built from detached logits, ``hidden`` and ``logits`` keep their graph.
+    """
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with on_lm_head(base_model, lambda hidden, logits: captured.append((hidden, logits))):
+        base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden, logits = captured[-1]
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(response_positions)
+    rows, positions = rows[response_mask], response_positions[response_mask]
+    hidden, logits = hidden[rows, positions], logits[rows, positions]
+    targets = response_targets[response_mask]
+    detached = logits.detach()
+    slots = exact_slots(detached, targets) if top_k == 0 else compress_logits(detached, targets, top_k, num_bins)
+    return hidden, slots, logits
+
+
+@dataclass
+class BackboneCache:
+    """Backbone outputs at the response positions of every row, concatenated.
+
+    ``K`` positions over all rows; row ``r`` owns positions ``offsets[r]:offsets[r + 1]``.
+    Attributes: ``hidden [K, H]``, ``slot_values [K, top_k + bins]``, ``bin_counts [K, bins]`` (the
+    top-k slots are single tokens), ``target_value [K]``, ``target_slot [K]``, ``offsets [rows + 1]``.
+    """
+
+    hidden: torch.Tensor
+    slot_values: torch.Tensor
+    bin_counts: torch.Tensor
+    target_value: torch.Tensor
+    target_slot: torch.Tensor
+    offsets: torch.Tensor
+    top_k: int
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return self.offsets.numel() - 1
+
+    def gather(self, rows: list[int], width: int) -> dict[str, torch.Tensor]:
+        """Padded ``[B, width, ...]`` tensors for ``rows`` (the collator's cache inputs)."""
+        batch, hidden_size, slots = len(rows), self.hidden.shape[1], self.slot_values.shape[1]
+        hidden = torch.zeros(batch, width, hidden_size, dtype=self.hidden.dtype)
+        values = torch.zeros(batch, width, slots)
+        bins = torch.ones(batch, width, self.bin_counts.shape[1])
+        target_value = torch.zeros(batch, width)
+        target_slot = torch.zeros(batch, width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {row} is not in this backbone cache of {len(self)} rows")
+            start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+            n = min(end - start, width)
+            hidden[i, :n] = self.hidden[start : start + n]
+            values[i, :n] = self.slot_values[start : start + n]
+            bins[i, :n] = self.bin_counts[start : start + n]
+            target_value[i, :n] = self.target_value[start : start + n]
+            target_slot[i, :n] = self.target_slot[start : start + n]
+        counts = torch.cat([torch.ones(batch, width, self.top_k), bins], dim=-1)
+        return {
+            "hidden": hidden,
+            "slot_values": values,
+            "slot_counts": counts,
+            "target_value": target_value,
+            "target_slot": target_slot,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {
+            "hidden": self.hidden,
+            "slot_values": self.slot_values,
+            "bin_counts": self.bin_counts,
+            "target_value": self.target_value,
+            "target_slot": self.target_slot,
+            "offsets": self.offsets,
+        }
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        metadata = {"format": CACHE_FORMAT, "fingerprint": self.fingerprint, "top_k": str(self.top_k)}
+        atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BackboneCache:
+        metadata = read_cache_metadata(path)
+        tensors = load_file(str(path))
+        return cls(**tensors, top_k=int(metadata["top_k"]), fingerprint=metadata["fingerprint"])
+
+
+def read_cache_metadata(path: str | os.PathLike) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def cache_fingerprint(base_model, examples: list[dict], top_k: int, num_bins: int) -> str:
+    """sha256 of the model (class, config, every weight), the tokenised rows and the compression settings."""
+    digest = hashlib.sha256()
+    config = base_model.config.to_json_string() if hasattr(base_model.config, "to_json_string") else str(base_model.config)
+    header = {"format": CACHE_FORMAT, "top_k": top_k, "bins": num_bins, "model": type(base_model).__name__}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    digest.update(config.encode())
+    for name, tensor in sorted(base_model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    for example in examples:
+        digest.update(json.dumps([example["input_ids"], example["response_start"]]).encode())
+    return digest.hexdigest()
+
+
+def _right_pad(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(e["input_ids"]) for e in examples)
+    width = max(len(e["input_ids"]) - e["response_start"] for e in examples)
+    count = len(examples)
+    input_ids = torch.full((count, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((count, length), dtype=torch.long)
+    positions = torch.zeros((count, width), dtype=torch.long)
+    mask = torch.zeros((count, width), dtype=torch.bool)
+    for i, example in enumerate(examples):
+        ids, start = example["input_ids"], example["response_start"]
+        n = len(ids) - start
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        positions[i, :n] = torch.arange(start - 1, start - 1 + n)
+        mask[i, :n] = True
+    targets = input_ids.gather(1, (positions + 1).clamp_max(length - 1)).masked_fill(~mask, 0)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_positions": positions,
+        "response_targets": targets,
+        "response_mask": mask,
+    }
+
+
+@torch.no_grad()
+def build_backbone_cache(
+    base_model,
+    examples: list[dict],
+    pad_token_id: int,
+    top_k: int = 256,
+    num_bins: int = 64,
+    batch_size: int = 8,
+    progress: bool = True,
+    fingerprint: str = "",
+) -> BackboneCache:
+    """Run ``base_model`` once over every example (``encode_example`` dicts) and cache its outputs.
+
+    Rows are batched by length; the base model is put in eval mode for the pass (restored after).
+    """
+    from tqdm.auto import tqdm
+
+    if top_k < 5:
+        raise ValueError(f"the backbone cache needs compressed logits (top_k >= 5), got top_k={top_k}")
+    if not examples:
+        raise ValueError("no rows to cache")
+    device = next(base_model.parameters()).device
+    was_training = base_model.training
+    base_model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    per_row: list = [None] * len(examples)
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="caching backbone outputs", disable=not progress):
+            index = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in _right_pad([examples[i] for i in index], pad_token_id).items()}
+            hidden, slots, _ = backbone_outputs(base_model, **batch, top_k=top_k, num_bins=num_bins)
+            lengths = batch["response_mask"].sum(-1).tolist()
+            pieces = zip(
+                hidden.float().cpu().split(lengths),
+                slots.values.cpu().split(lengths),
+                slots.counts[:, top_k:].cpu().split(lengths),
+                slots.target_value.cpu().split(lengths),
+                slots.target_slot.long().cpu().split(lengths),
+                strict=True,
+            )
+            for i, piece in zip(index, pieces, strict=True):
+                per_row[i] = piece
+    finally:
+        base_model.train(was_training)
+    lengths = torch.tensor([row[0].shape[0] for row in per_row])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    columns = [torch.cat([row[c] for row in per_row]) for c in range(5)]
+    return BackboneCache(*columns, offsets=offsets, top_k=top_k, fingerprint=fingerprint)
+
+
+def load_or_build_cache(
+    directory: str | os.PathLike,
+    base_model,
+    examples: list[dict],
+    pad_token_id: int,
+    top_k: int = 256,
+    num_bins: int = 64,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> BackboneCache:
+    """The cache in ``directory`` if its fingerprint matches this model, data and settings; else build and save it."""
+    path = Path(directory) / CACHE_FILE
+    fingerprint = cache_fingerprint(base_model, examples, top_k, num_bins)
+    if path.is_file():
+        try:
+            found = read_cache_metadata(path).get("fingerprint")
+        except Exception as error:  # a truncated or foreign file: rebuild it
+            logger.warning("backbone cache %s is unreadable (%s); rebuilding it", path, error)
+            found = None
+        if found == fingerprint:
+            logger.info("reusing the backbone cache %s", path)
+            return BackboneCache.load(path)
+        if found is not None:
+            logger.info("backbone cache %s is stale (other model, data or settings); rebuilding it", path)
+    started = time.perf_counter()
+    cache = build_backbone_cache(
+        base_model, examples, pad_token_id, top_k, num_bins, batch_size, progress, fingerprint=fingerprint
+    )
+    cache.save(path)
+    logger.info(
+        "cached the backbone outputs of %d rows (%d positions) in %.1f s -> %s",
+        len(cache),
+        cache.hidden.shape[0],
+        time.perf_counter() - started,
+        path,
+    )
+    return cache

@@ -1,0 +1,240 @@
+"""Control data -> groups -> batches.
+
+Control data has one row per (prompt, variant); the rows of a prompt share a ``group_id`` and a
+``response``. Training needs every variant of a group in the same batch (the ranking loss compares
+them), so :func:`encode_groups` turns the rows into one record per *group* and the trainer's
+datasets hold groups: a batch of ``per_device_train_batch_size`` groups is every variant of each.
+
+:class:`SteeringCollator` flattens a list of groups into rows and aligns their responses: column
+``j`` of the ``[R, N]`` response tensors is response token ``j`` for every row, whatever the prompt
+length, because all variants of a group have identical response token ids
+(:func:`steerdeco.chat.encode_example` tokenises the response on its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..chat import encode_example
+from ..ranking import VARIANTS, signed_level
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("group_id", "variant", "level", "messages", "response", "split", "command_split")
+NO_SPLIT = "none"
+
+
+def load_control_rows(path: str | os.PathLike):
+    """Control data as a ``datasets.Dataset``: a ``save_to_disk`` folder, a JSONL file, or a folder with one JSONL.
+
+    A saved ``DatasetDict`` is concatenated (rows carry their own ``split`` column).
+    """
+    import datasets
+
+    path = Path(path)
+    if path.is_file():
+        return _read_jsonl(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"control data {path} does not exist; build it with python -m steerdeco.build_control_data")
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = datasets.concatenate_datasets(list(loaded.values()))
+        return loaded
+    jsonl = sorted(path.glob("*.jsonl"))
+    if len(jsonl) == 1:
+        return _read_jsonl(jsonl[0])
+    raise ValueError(
+        f"{path} is neither a datasets save_to_disk folder nor a folder with exactly one .jsonl file "
+        f"(found {[p.name for p in jsonl]})"
+    )
+
+
+def _read_jsonl(path: Path):
+    import datasets
+
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number} is not valid JSON ({error})") from error
+    if not records:
+        raise ValueError(f"{path} holds no rows")
+    return datasets.Dataset.from_list(records)
+
+
+def check_columns(rows) -> None:
+    """Raise a ValueError naming the missing control-data columns."""
+    columns = rows.column_names if hasattr(rows, "column_names") else list(rows[0]) if len(rows) else []
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(
+            f"control data lacks the columns {missing} (has {sorted(columns)}); build it with "
+            "python -m steerdeco.build_control_data"
+        )
+
+
+def select_split(rows, split: str):
+    """The rows whose ``split`` column equals ``split``."""
+    check_columns(rows)
+    index = [i for i, value in enumerate(rows["split"]) if value == split]
+    return rows.select(index)
+
+
+def _command_split(row: dict) -> str:
+    value = row.get("command_split")
+    return NO_SPLIT if value is None or row["variant"] == "none" else str(value)
+
+
+def _target(row: dict) -> float:
+    value = row.get("target_temperature")
+    return math.nan if value is None else float(value)
+
+
+def encode_groups(
+    rows, tokenizer, max_response_tokens: int | None = None, max_groups: int | None = None, first_row: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Tokenise control rows and gather them by ``group_id``.
+
+    Returns ``(groups, examples)``: ``examples[i]`` is ``encode_example`` of one row (in group
+    order); each group record holds its rows' ``input_ids``, ``response_start``, ``signed_level``,
+    ``variant``, ``command_split``, ``target_temperature`` (NaN: none) and ``cache_row`` (index of
+    the example, plus ``first_row``), and the shared ``response_length``.
+
+    Raises:
+        ValueError: missing columns, a row without a response, or variants of one group whose
+            responses differ.
+    """
+    check_columns(rows)
+    order: dict[str, list[dict]] = {}
+    for row in rows:
+        order.setdefault(str(row["group_id"]), []).append(row)
+    group_ids = list(order)[:max_groups] if max_groups is not None else list(order)
+    groups, examples = [], []
+    for group_id in group_ids:
+        members = order[group_id]
+        record = {
+            "group_id": group_id,
+            "input_ids": [],
+            "response_start": [],
+            "signed_level": [],
+            "variant": [],
+            "command_split": [],
+            "target_temperature": [],
+            "cache_row": [],
+        }
+        response = None
+        for row in members:
+            if not row.get("response"):
+                raise ValueError(
+                    f"group {group_id!r} has a row without a response: training needs data built with "
+                    "--responses (given or generate)"
+                )
+            example = encode_example(tokenizer, row["messages"], row["response"], max_response_tokens)
+            ids = example["input_ids"][example["response_start"] :]
+            if response is None:
+                response = ids
+            elif ids != response:
+                raise ValueError(f"the variants of group {group_id!r} do not share one response")
+            record["input_ids"].append(example["input_ids"])
+            record["response_start"].append(example["response_start"])
+            record["signed_level"].append(signed_level(row["variant"], row["level"]))
+            record["variant"].append(row["variant"])
+            record["command_split"].append(_command_split(row))
+            record["target_temperature"].append(_target(row))
+            record["cache_row"].append(first_row + len(examples))
+            examples.append(example)
+        record["response_length"] = len(response)
+        groups.append(record)
+    return groups, examples
+
+
+def command_split_names(*group_lists: Sequence[dict]) -> list[str]:
+    """Sorted command splits of the commanded rows (``train``, ``heldout``, ...)."""
+    names = {s for groups in group_lists for group in groups for s in group["command_split"] if s != NO_SPLIT}
+    return sorted(names)
+
+
+class SteeringCollator:
+    """Groups -> one flat batch of rows with aligned responses.
+
+    Args:
+        pad_token_id: padding id of ``input_ids`` (right padding, so positions stay 0..n-1).
+        split_names: command splits, in the order of the ``command_split`` codes.
+        cache: a :class:`~steerdeco.training.cache.BackboneCache`; when given, batches carry the
+            cached backbone outputs instead of ``input_ids``.
+
+    Output (``R`` rows, ``N`` = longest response, ``L`` = longest row):
+
+    * always: ``response_mask [R, N]`` bool, ``groups [R]`` (index of the group in the batch),
+      ``signed_level [R]`` (NaN: placebo), ``variant [R]`` (index in ``steerdeco.ranking.VARIANTS``),
+      ``command_split [R]`` (index in ``split_names``, -1 for no-command rows),
+      ``target_temperature [R]`` (NaN: none);
+    * without a cache: ``input_ids``/``attention_mask [R, L]``, ``response_positions [R, N]`` (the
+      position whose prediction scores response token ``j``: ``response_start - 1 + j``) and
+      ``response_targets [R, N]`` (token ``j``);
+    * with a cache: ``hidden [R, N, H]``, ``slot_values``/``slot_counts [R, N, M]``,
+      ``target_value``/``target_slot [R, N]``.
+    """
+
+    def __init__(self, pad_token_id: int, split_names: Sequence[str], cache=None):
+        self.pad_token_id = int(pad_token_id)
+        self.split_codes = {name: i for i, name in enumerate(split_names)}
+        self.cache = cache
+
+    def __call__(self, groups: list[dict]) -> dict[str, torch.Tensor]:
+        if not groups:
+            raise ValueError("cannot collate an empty list of groups")
+        lengths, group_index, levels, variants, splits, targets, cache_rows, rows = [], [], [], [], [], [], [], []
+        for g, group in enumerate(groups):
+            count = len(group["input_ids"])
+            for r in range(count):
+                rows.append((group["input_ids"][r], group["response_start"][r]))
+                lengths.append(group["response_length"])
+                group_index.append(g)
+                levels.append(group["signed_level"][r])
+                variants.append(VARIANTS.index(group["variant"][r]))
+                split = group["command_split"][r]
+                splits.append(-1 if split == NO_SPLIT else self.split_codes.get(split, -1))
+                targets.append(group["target_temperature"][r])
+                cache_rows.append(group["cache_row"][r])
+        width = max(lengths)
+        response_mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+        batch = {
+            "response_mask": response_mask,
+            "groups": torch.tensor(group_index),
+            "signed_level": torch.tensor(levels, dtype=torch.float32),
+            "variant": torch.tensor(variants),
+            "command_split": torch.tensor(splits),
+            "target_temperature": torch.tensor(targets, dtype=torch.float32),
+        }
+        if self.cache is not None:
+            batch.update(self.cache.gather(cache_rows, width))
+            return batch
+        length = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        response_targets = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ((ids, start), n) in enumerate(zip(rows, lengths, strict=True)):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention_mask[i, : len(ids)] = 1
+            positions[i, :n] = torch.arange(start - 1, start - 1 + n)
+            response_targets[i, :n] = input_ids[i, start : start + n]
+        batch.update(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_positions=positions,
+            response_targets=response_targets,
+        )
+        return batch

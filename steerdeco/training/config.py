@@ -1,0 +1,322 @@
+"""``SteeringConfig``: the :class:`~trl.SFTConfig` of :class:`~steerdeco.training.SteeringTrainer`.
+
+Every field can be set in a YAML file (``python -m steerdeco.train --config FILE``) or as a flag
+(``--temperature_margin 0.2``). Fields added here choose the model and data, the training mode
+(heads only, optionally from a cache of the frozen backbone, or LoRA + heads), and the weight of
+each term of the objective; fields inherited from ``SFTConfig``/``TrainingArguments`` keep their
+meaning, with a few defaults changed (see the class docstring).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+TRAINING_MODES = ("head_only", "lora_joint")
+TRAIN_HEADS = ("both", "temperature", "top_p")
+AUTODECO_ROWS = ("uncommanded", "all")
+REDUCTIONS = ("token", "sequence")
+
+
+def _multi_process_without_accelerator() -> bool:
+    """Launched as several processes (``WORLD_SIZE > 1``) on a machine without any accelerator."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return not accelerator.is_available()
+    return not torch.cuda.is_available()
+
+
+@dataclass
+class SteeringConfig(SFTConfig):
+    """Configuration of :class:`~steerdeco.training.SteeringTrainer`.
+
+    Defaults changed from ``SFTConfig``: ``learning_rate=1e-3`` (heads are small MLPs),
+    ``per_device_train_batch_size``/``per_device_eval_batch_size`` count *groups* (a prompt with all
+    its command variants), ``gradient_checkpointing=None`` and ``bf16=False`` (CPU-friendly),
+    ``remove_unused_columns=False`` and ``dataset_kwargs={"skip_prepare_dataset": True}`` (the trainer
+    prepares its own grouped data), ``logging_steps=5``, ``report_to="none"``. Several processes on a
+    machine without accelerator (``torchrun``/``accelerate launch`` on CPU) set ``use_cpu=True``, so
+    the Trainer uses DDP over gloo.
+
+    The objective is a weighted sum::
+
+        temperature_loss_weight * autodeco_T + top_p_loss_weight * autodeco_P
+        + temperature_ranking_weight * rank_T + top_p_ranking_weight * rank_P
+        + placebo_weight * (placebo_T + placebo_P) + absolute_weight * absolute_T
+        + lm_loss_weight * lm (lora_joint only)
+
+    Terms of a head that is not trained (``train_heads``) are left out.
+    """
+
+    # -- defaults changed from SFTConfig ----------------------------------------------------------
+    learning_rate: float = field(default=1e-3, metadata={"help": "Initial AdamW learning rate."})
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Groups (a prompt with all its variants) per device and training step."}
+    )
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Groups per device and evaluation step."})
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing (off by default here)."},
+    )
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (off by default here)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the collator reads the grouped columns."}
+    )
+    dataset_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Always {'skip_prepare_dataset': True} here: SteeringTrainer prepares its own data."},
+    )
+    logging_steps: float = field(default=5, metadata={"help": "Log every X update steps."})
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Integrations to report to ('none': no network, no trackers)."}
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Unused by SteeringTrainer (prompts are never truncated); see max_response_tokens."},
+    )
+
+    # -- model and data -------------------------------------------------------------------------
+    model_name_or_path: str = field(
+        default="embedded",
+        metadata={
+            "help": "Base model: 'embedded' (SmolLM2-135M-Instruct, offline), 'tiny' (random 2-layer Llama for "
+            "tests) or a local folder with a causal LM and its tokenizer."
+        },
+    )
+    dataset_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Control data: a datasets save_to_disk folder, a JSONL file, or a folder holding one JSONL. Rows "
+            "with split == train_split train, rows with split == eval_split evaluate."
+        },
+    )
+    train_split: str = field(default="train", metadata={"help": "Value of the 'split' column used for training."})
+    eval_split: str = field(default="eval", metadata={"help": "Value of the 'split' column used for evaluation."})
+    max_train_groups: int | None = field(
+        default=None, metadata={"help": "Use at most this many training groups (the first ones); None: all."}
+    )
+    max_eval_groups: int | None = field(
+        default=None, metadata={"help": "Use at most this many evaluation groups (the first ones); None: all."}
+    )
+    max_response_tokens: int | None = field(
+        default=128, metadata={"help": "Truncate every response to this many tokens (EOS included); None: no limit."}
+    )
+
+    # -- training mode --------------------------------------------------------------------------
+    training_mode: str = field(
+        default="head_only",
+        metadata={
+            "help": "'head_only': frozen backbone, train the heads; 'lora_joint': LoRA on the backbone plus the "
+            "heads, with a language-modelling loss on the responses.",
+            "choices": list(TRAINING_MODES),
+        },
+    )
+    train_heads: str = field(
+        default="both",
+        metadata={"help": "Which heads to train; the other one stays frozen.", "choices": list(TRAIN_HEADS)},
+    )
+    backbone_cache: bool | None = field(
+        default=None,
+        metadata={
+            "help": "head_only: run the frozen backbone once per row and train from a cache of its outputs (hidden "
+            "states and compressed logits at the response positions). None: on for head_only, off for lora_joint "
+            "(where it is not possible)."
+        },
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the backbone cache (default: OUTPUT_DIR/backbone_cache). A cache built for another "
+            "model, data or settings is rebuilt."
+        },
+    )
+    cache_batch_size: int = field(
+        default=8,
+        metadata={"help": "Rows per backbone forward while building the cache (and in the final ordering report)."},
+    )
+    logit_top_k: int = field(
+        default=256,
+        metadata={
+            "help": "Keep the top-k logits of every response position exactly and summarise the tail in logit_bins "
+            "bins (steerdeco.losses.compress_logits); 0: exact logits (not with the backbone cache)."
+        },
+    )
+    logit_bins: int = field(default=64, metadata={"help": "Tail bins of the compressed logits."})
+
+    # -- heads ----------------------------------------------------------------------------------
+    heads_mlp_width: int = field(default=256, metadata={"help": "Hidden width of each head's MLP."})
+    heads_max_temperature: float = field(default=2.0, metadata={"help": "T = max_temperature * sigmoid(MLP(h))."})
+    heads_top_p_features: bool = field(
+        default=True, metadata={"help": "Feed the top-p head AutoDeco's four probability features."}
+    )
+    init_heads: str | None = field(
+        default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
+    )
+
+    # -- AutoDeco objective ---------------------------------------------------------------------
+    temperature_loss_weight: float = field(
+        default=1.0, metadata={"help": "Weight of AutoDeco's temperature loss (CE of logits / T)."}
+    )
+    top_p_loss_weight: float = field(default=1.0, metadata={"help": "Weight of AutoDeco's soft top-p loss."})
+    easy_token_fraction: float = field(
+        default=0.6, metadata={"help": "Share of easy positions (base argmax == target) dropped from the T loss."}
+    )
+    dft: bool = field(default=True, metadata={"help": "Weight AutoDeco's losses by the base target probability."})
+    top_p_steepness: float = field(default=30.0, metadata={"help": "Steepness of the soft top-p mask."})
+    autodeco_rows: str = field(
+        default="uncommanded",
+        metadata={
+            "help": "Rows the AutoDeco losses see: 'uncommanded' (no-command and placebo variants, whose response "
+            "is the model's own) or 'all' variants.",
+            "choices": list(AUTODECO_ROWS),
+        },
+    )
+
+    # -- steering objective ---------------------------------------------------------------------
+    temperature_ranking_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the pairwise ranking loss on T (low < none < high, by level)."}
+    )
+    top_p_ranking_weight: float = field(default=1.0, metadata={"help": "Weight of the pairwise ranking loss on P."})
+    temperature_margin: float = field(
+        default=0.1, metadata={"help": "Margin by which each higher-level variant's T must exceed the lower one's."}
+    )
+    top_p_margin: float = field(default=0.05, metadata={"help": "Margin of the ranking loss on P."})
+    ranking_reduction: str = field(
+        default="token",
+        metadata={
+            "help": "Compare variants position by position ('token') or on response means ('sequence'); also "
+            "used by the placebo and absolute-target terms.",
+            "choices": list(REDUCTIONS),
+        },
+    )
+    placebo_weight: float = field(
+        default=1.0, metadata={"help": "Weight of |T_placebo - T_none| + |P_placebo - P_none|."}
+    )
+    absolute_weight: float = field(
+        default=1.0, metadata={"help": "Weight of (T - target)^2 for commands naming a target temperature."}
+    )
+
+    # -- LoRA-joint mode ------------------------------------------------------------------------
+    lm_loss_weight: float = field(
+        default=1.0, metadata={"help": "lora_joint: weight of the language-modelling loss on the responses."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "lora_joint: LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "lora_joint: LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "lora_joint: LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "lora_joint: names of the backbone modules that get LoRA adapters."},
+    )
+    lora_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "lora_joint: put adapters on the top N decoder layers only (None: all layers). Backpropagation "
+            "then stops below them, which makes a step much cheaper on CPU."
+        },
+    )
+    final_ordering_report: bool = field(
+        default=True,
+        metadata={
+            "help": "After training, score the evaluation rows teacher-forced through the full model "
+            "(steerdeco.training.evaluate_ordering) and write ordering_report.json to the output folder."
+        },
+    )
+
+    def __post_init__(self):
+        self._check_steering_fields()
+        if not self.use_cpu and _multi_process_without_accelerator():
+            self.use_cpu = True  # several CPU processes (torchrun, accelerate launch): DDP over gloo
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.cuda.is_available()):
+            self.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per dataloader
+        if self.dataset_kwargs is None:
+            self.dataset_kwargs = {"skip_prepare_dataset": True}
+        super().__post_init__()
+        if isinstance(self.dataset_kwargs, dict):
+            self.dataset_kwargs["skip_prepare_dataset"] = True
+
+    @property
+    def use_backbone_cache(self) -> bool:
+        """Whether this run trains from the backbone cache."""
+        return bool(self.backbone_cache) if self.backbone_cache is not None else self.training_mode == "head_only"
+
+    def _check_steering_fields(self) -> None:
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {list(options)}, got {getattr(self, name)!r}")
+
+        choice("training_mode", TRAINING_MODES)
+        choice("train_heads", TRAIN_HEADS)
+        choice("autodeco_rows", AUTODECO_ROWS)
+        choice("ranking_reduction", REDUCTIONS)
+        weights = (
+            "temperature_loss_weight",
+            "top_p_loss_weight",
+            "temperature_ranking_weight",
+            "top_p_ranking_weight",
+            "placebo_weight",
+            "absolute_weight",
+            "lm_loss_weight",
+            "temperature_margin",
+            "top_p_margin",
+        )
+        for name in weights:
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.easy_token_fraction <= 1.0:
+            raise ValueError(f"easy_token_fraction must be in [0, 1], got {self.easy_token_fraction}")
+        if self.top_p_steepness <= 0:
+            raise ValueError(f"top_p_steepness must be > 0, got {self.top_p_steepness}")
+        if self.backbone_cache and self.training_mode != "head_only":
+            raise ValueError(
+                "backbone_cache=True needs training_mode='head_only': with LoRA the backbone changes every step, so "
+                "its outputs cannot be cached"
+            )
+        if self.logit_top_k != 0 and self.logit_top_k < 5:
+            raise ValueError(f"logit_top_k must be 0 (exact logits) or >= 5, got {self.logit_top_k}")
+        if self.logit_top_k == 0 and self.use_backbone_cache:
+            raise ValueError("the backbone cache stores compressed logits: set logit_top_k >= 5 or backbone_cache=False")
+        if self.logit_bins < 1:
+            raise ValueError(f"logit_bins must be >= 1, got {self.logit_bins}")
+        for name in ("max_response_tokens", "max_train_groups", "max_eval_groups"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.cache_batch_size < 1:
+            raise ValueError(f"cache_batch_size must be >= 1, got {self.cache_batch_size}")
+        if self.heads_mlp_width < 1:
+            raise ValueError(f"heads_mlp_width must be >= 1, got {self.heads_mlp_width}")
+        if not self.heads_max_temperature > 0:
+            raise ValueError(f"heads_max_temperature must be > 0, got {self.heads_max_temperature}")
+        if self.train_split == self.eval_split:
+            raise ValueError(f"train_split and eval_split must differ, both are {self.train_split!r}")
+        if self.training_mode == "lora_joint":
+            if self.lora_r < 1:
+                raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+            if not self.lora_alpha > 0:
+                raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            if self.lora_layers is not None and self.lora_layers < 1:
+                raise ValueError(f"lora_layers must be >= 1 or None, got {self.lora_layers}")
+            if not self.lora_target_modules:
+                raise ValueError("lora_target_modules must name at least one module for training_mode='lora_joint'")
+        if self.push_to_hub:
+            raise ValueError("push_to_hub is not supported: steerdeco trains offline and saves heads locally")
+        if self.deepspeed or self.fsdp:
+            raise ValueError(
+                "DeepSpeed and FSDP are not supported (checkpoints are heads/adapters as safetensors); use DDP "
+                "(accelerate launch or torchrun)"
+            )
+        if self.fp16:
+            raise ValueError("fp16 mixed precision is not supported (its grad scaler state is pickled); use bf16")
+        if self.packing or self.padding_free:
+            raise ValueError("packing and padding_free are not supported: variants of a group must stay separate rows")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must be False: the collator reads the grouped columns")

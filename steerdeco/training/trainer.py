@@ -1,0 +1,603 @@
+"""``SteeringTrainer``: trl's ``SFTTrainer`` on the AutoDeco + steering objective.
+
+What changes from ``SFTTrainer`` (everything else, from the optimizer to DDP, logging callbacks and
+``resume_from_checkpoint``, is the Trainer's own):
+
+* data: control rows are grouped by prompt (:mod:`steerdeco.training.collator`); a batch is a few
+  groups with every variant of each;
+* the model it optimises is a :class:`SteeringModel`: an :class:`~steerdeco.AutoDecoModel` read at
+  the response positions only, either through the backbone or, head-only, from a cache of the
+  backbone's outputs (:mod:`steerdeco.training.cache`);
+* ``compute_loss``: AutoDeco's temperature/top-p losses, the pairwise ranking, placebo and
+  absolute-target losses of :mod:`steerdeco.ranking` and, in LoRA-joint mode, a language-modelling
+  loss, each with its weight; ``log`` adds every term, mean T and P per variant and the share of
+  correctly ordered groups;
+* checkpoints: heads (+ LoRA adapter) as safetensors, optimizer/scheduler/RNG state as safetensors
+  + JSON (:mod:`steerdeco.training.checkpoint`); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from trl import SFTTrainer
+
+from ..config import HeadsConfig
+from ..io import atomic_write_text
+from ..losses import AutoDecoLossConfig, LogitSlots, autodeco_losses
+from ..modeling import AutoDecoModel, base_hidden_size
+from ..ranking import VARIANTS, absolute_target_loss, pairwise_ranking_loss, placebo_loss, sequence_means
+from .cache import backbone_outputs, load_or_build_cache
+from .checkpoint import (
+    OPTIMIZER_STATE,
+    RNG_STATE,
+    SCHEDULER_STATE,
+    has_state,
+    load_state,
+    load_trained_into,
+    rng_state,
+    save_state,
+    save_trained,
+    set_rng_state,
+)
+from .collator import SteeringCollator, command_split_names, encode_groups, load_control_rows, select_split
+from .config import SteeringConfig
+from .evaluation import QUANTITIES, summarize_ordering
+
+logger = logging.getLogger(__name__)
+
+STEERING_CONFIG_NAME = "steering_config.json"
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "response_positions",
+    "response_targets",
+    "response_mask",
+    "hidden",
+    "slot_values",
+    "slot_counts",
+    "target_value",
+    "target_slot",
+)
+LOSS_TERMS = (
+    "autodeco_temperature_loss",
+    "autodeco_top_p_loss",
+    "ranking_temperature_loss",
+    "ranking_top_p_loss",
+    "placebo_temperature_loss",
+    "placebo_top_p_loss",
+    "absolute_temperature_loss",
+    "lm_loss",
+)
+
+
+# -- models ---------------------------------------------------------------------------------------
+def load_base_model(name_or_path: str):
+    """``(causal LM, tokenizer)`` for ``'embedded'``, ``'tiny'`` or a local folder (offline, fp32, eval mode)."""
+    if name_or_path == "embedded":
+        from ..embedded import load_embedded_model
+
+        return load_embedded_model()
+    if name_or_path == "tiny":
+        from ..testing import tiny_model_and_tokenizer
+
+        return tiny_model_and_tokenizer(arch="llama", seed=0)
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise ValueError(
+            f"model_name_or_path={name_or_path!r} is not 'embedded', 'tiny' or a local model folder (no hub access)"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _lora_config(args: SteeringConfig, base_model=None):
+    """peft ``LoraConfig`` of ``args``; with ``lora_layers`` only the top layers of ``base_model`` get adapters."""
+    from peft import LoraConfig
+
+    layers = None
+    if args.lora_layers is not None:
+        total = getattr(getattr(base_model, "config", None), "num_hidden_layers", None)
+        if total is None:
+            raise ValueError("lora_layers needs a base model whose config has num_hidden_layers")
+        if args.lora_layers > total:
+            raise ValueError(f"lora_layers={args.lora_layers} but the base model has only {total} layers")
+        layers = list(range(total - args.lora_layers, total))
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_target_modules),
+        layers_to_transform=layers,
+        layers_pattern="layers" if layers is not None else None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _is_peft(module: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(module, PeftModel)
+
+
+def prepare_model(model: AutoDecoModel, args: SteeringConfig) -> AutoDecoModel:
+    """Make ``model`` match ``args``: LoRA on the backbone for ``lora_joint`` (added if missing), a frozen
+    backbone for ``head_only``, ``init_heads`` loaded, and the heads that are not trained frozen."""
+    if not isinstance(model, AutoDecoModel):
+        raise TypeError(f"SteeringTrainer trains an AutoDecoModel, got {type(model).__name__}")
+    if args.training_mode == "lora_joint" and not _is_peft(model.base_model):
+        from peft import get_peft_model
+
+        heads_state = model.heads.state_dict()
+        model_with_lora = AutoDecoModel(
+            get_peft_model(model.base_model, _lora_config(args, model.base_model)), model.heads_config, freeze_base=False
+        )
+        model_with_lora.heads.load_state_dict(heads_state)
+        model = model_with_lora
+    elif args.training_mode == "head_only":
+        model.base_model.requires_grad_(False)
+    if args.init_heads:
+        from safetensors.torch import load_file
+
+        from ..config import HEADS_WEIGHTS_NAME
+
+        model.heads.load_state_dict(load_file(str(Path(args.init_heads) / HEADS_WEIGHTS_NAME)))
+    model.heads.requires_grad_(True)
+    model.temperature_head.requires_grad_(args.train_heads in ("both", "temperature"))
+    model.top_p_head.requires_grad_(args.train_heads in ("both", "top_p"))
+    return model
+
+
+def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
+    """``(AutoDecoModel, tokenizer)`` from ``args.model_name_or_path`` with fresh heads (seeded with ``args.seed``)."""
+    from transformers import set_seed
+
+    base, tokenizer = load_base_model(args.model_name_or_path)
+    set_seed(args.seed)
+    if args.training_mode == "lora_joint":
+        from peft import get_peft_model
+
+        base = get_peft_model(base, _lora_config(args, base))
+    heads_config = HeadsConfig(
+        hidden_size=base_hidden_size(base),
+        mlp_width=args.heads_mlp_width,
+        max_temperature=args.heads_max_temperature,
+        top_p_features=args.heads_top_p_features,
+        base_model=args.model_name_or_path,
+    )
+    model = AutoDecoModel(base, heads_config, freeze_base=args.training_mode == "head_only")
+    return prepare_model(model, args), tokenizer
+
+
+@dataclass
+class SteeringOutput:
+    """Heads along the responses: ``temperature``/``top_p [R, N]`` (0 on padding), ``slots`` for the ``K``
+    masked positions (row-major), ``lm_loss`` (lora_joint) or None."""
+
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    slots: LogitSlots
+    lm_loss: torch.Tensor | None = None
+
+
+class SteeringModel(nn.Module):
+    """The module the trainer optimises: an AutoDecoModel evaluated at the response positions.
+
+    ``forward`` takes the collator's batch: either ``input_ids``/``attention_mask`` plus
+    ``response_positions``/``response_targets`` (the backbone runs; without grad when it is frozen),
+    or the cached ``hidden``/``slot_*``/``target_*`` tensors (heads only). In both cases the heads
+    see the hidden state and the (compressed) logit slots of each response position, so training
+    from the cache and through the backbone compute the same thing.
+    """
+
+    def __init__(self, autodeco: AutoDecoModel, logit_top_k: int = 256, logit_bins: int = 64, lm_loss: bool = False):
+        super().__init__()
+        self.autodeco = autodeco
+        self.logit_top_k, self.logit_bins = logit_top_k, logit_bins
+        self.compute_lm_loss = lm_loss
+
+    @property
+    def config(self):
+        return self.autodeco.config
+
+    @property
+    def generation_config(self):
+        return self.autodeco.generation_config
+
+    def add_model_tags(self, tags) -> None:
+        base = self.autodeco.base_model
+        if hasattr(base, "add_model_tags"):
+            base.add_model_tags(tags)
+
+    def _backbone_is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.autodeco.base_model.parameters())
+
+    def forward(
+        self,
+        response_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        response_positions: torch.Tensor | None = None,
+        response_targets: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+        slot_values: torch.Tensor | None = None,
+        slot_counts: torch.Tensor | None = None,
+        target_value: torch.Tensor | None = None,
+        target_slot: torch.Tensor | None = None,
+    ) -> SteeringOutput:
+        mask = response_mask.bool()
+        lm_loss = None
+        if hidden is not None:
+            flat_hidden = hidden[mask]
+            slots = LogitSlots(slot_values[mask], slot_counts[mask], target_value[mask], target_slot[mask].long())
+        else:
+            if input_ids is None or response_positions is None or response_targets is None:
+                raise ValueError("SteeringModel needs either cached backbone outputs or input_ids with response positions")
+            grad = torch.enable_grad() if self._backbone_is_trainable() else torch.no_grad()
+            with grad:
+                flat_hidden, slots, logits = backbone_outputs(
+                    self.autodeco.base_model,
+                    input_ids,
+                    attention_mask,
+                    response_positions,
+                    response_targets,
+                    mask,
+                    self.logit_top_k,
+                    self.logit_bins,
+                )
+            if self.compute_lm_loss:
+                lm_loss = F.cross_entropy(logits.float(), response_targets[mask]) if logits.shape[0] else logits.sum() * 0
+        temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts)
+        padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
+        return SteeringOutput(
+            temperature=padded.masked_scatter(mask, temperature),
+            top_p=padded.masked_scatter(mask, top_p),
+            slots=slots,
+            lm_loss=lm_loss,
+        )
+
+    @torch.no_grad()
+    def base_lm_loss(self, input_ids, attention_mask, response_positions, response_targets, response_mask) -> torch.Tensor:
+        """Language-modelling loss on the responses with the LoRA adapter disabled (the base model's)."""
+        base = self.autodeco.base_model
+        context = base.disable_adapter() if _is_peft(base) else contextlib.nullcontext()
+        mask = response_mask.bool()
+        with context:
+            _, _, logits = backbone_outputs(
+                base, input_ids, attention_mask, response_positions, response_targets, mask, self.logit_top_k, self.logit_bins
+            )
+        return F.cross_entropy(logits.float(), response_targets[mask])
+
+
+# -- trainer --------------------------------------------------------------------------------------
+class SteeringTrainer(SFTTrainer):
+    """Trains AutoDeco heads (and optionally LoRA) to predict T and P *and* to obey randomness commands.
+
+    Args:
+        model: an :class:`~steerdeco.AutoDecoModel`; None builds one from ``args.model_name_or_path``
+            (then ``processing_class`` defaults to its tokenizer). In ``lora_joint`` mode a model
+            without adapters gets them.
+        args: a :class:`SteeringConfig`.
+        train_dataset / eval_dataset: control rows (``datasets.Dataset``, one row per prompt and
+            variant, see :mod:`steerdeco.training.collator`). None: read ``args.dataset_path`` and
+            take the rows of ``args.train_split`` / ``args.eval_split``.
+        processing_class: the tokenizer (with a chat template and a pad token).
+        callbacks, optimizers: as for ``SFTTrainer``.
+
+    After ``__init__``: ``trainer.autodeco_model`` is the model being trained, ``trainer.backbone_cache``
+    the cache (or None), ``trainer.train_rows``/``eval_rows`` the control rows.
+    """
+
+    _tag_names = ["trl", "steerdeco"]
+    _name = "Steering"
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
+
+    def __init__(
+        self,
+        model: AutoDecoModel | None = None,
+        args: SteeringConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+    ):
+        if args is None:
+            args = SteeringConfig()
+        if not isinstance(args, SteeringConfig):
+            raise TypeError(f"args must be a SteeringConfig, got {type(args).__name__}")
+        if model is None:
+            model, tokenizer = build_model(args)
+            processing_class = processing_class or tokenizer
+        else:
+            model = prepare_model(model, args)
+        if processing_class is None:
+            raise ValueError("pass the model's tokenizer as processing_class")
+        if processing_class.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad token (tokenizer.pad_token = tokenizer.eos_token)")
+        if train_dataset is None:
+            if args.dataset_path is None:
+                raise ValueError("give a train_dataset or set dataset_path in the SteeringConfig")
+            rows = load_control_rows(args.dataset_path)
+            train_dataset = select_split(rows, args.train_split)
+            if eval_dataset is None:
+                eval_dataset = select_split(rows, args.eval_split)
+        if len(train_dataset) == 0:
+            raise ValueError(f"no training rows (split == {args.train_split!r}) in the control data")
+        if eval_dataset is not None and len(eval_dataset) == 0:
+            eval_dataset = None
+        self.train_rows, self.eval_rows = train_dataset, eval_dataset
+        train_groups, train_examples = encode_groups(
+            train_dataset, processing_class, args.max_response_tokens, args.max_train_groups
+        )
+        eval_groups, eval_examples = ([], [])
+        if eval_dataset is not None:
+            eval_groups, eval_examples = encode_groups(
+                eval_dataset, processing_class, args.max_response_tokens, args.max_eval_groups, len(train_examples)
+            )
+        if eval_dataset is not None and args.max_eval_groups is not None:
+            kept = {group["group_id"] for group in eval_groups}
+            eval_dataset = eval_dataset.select([i for i, g in enumerate(eval_dataset["group_id"]) if str(g) in kept])
+            self.eval_rows = eval_dataset  # the final ordering report scores the same groups
+        self.split_names = command_split_names(train_groups, eval_groups)
+
+        self.backbone_cache = None
+        if args.use_backbone_cache:
+            cache_dir = args.cache_dir or os.path.join(args.output_dir, "backbone_cache")
+            with args.main_process_first(desc="backbone cache"):
+                self.backbone_cache = load_or_build_cache(
+                    cache_dir,
+                    model.base_model,
+                    train_examples + eval_examples,
+                    processing_class.pad_token_id,
+                    args.logit_top_k,
+                    args.logit_bins,
+                    args.cache_batch_size,
+                    progress=args.process_index == 0 and not args.disable_tqdm,
+                )
+
+        import datasets
+
+        self.autodeco_model = model
+        steering_model = SteeringModel(model, args.logit_top_k, args.logit_bins, lm_loss=args.training_mode == "lora_joint")
+        super().__init__(
+            model=steering_model,
+            args=args,
+            data_collator=SteeringCollator(processing_class.pad_token_id, self.split_names, self.backbone_cache),
+            train_dataset=datasets.Dataset.from_list(train_groups),
+            eval_dataset=datasets.Dataset.from_list(eval_groups) if eval_groups else None,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.loss_config = AutoDecoLossConfig(
+            easy_token_fraction=args.easy_token_fraction,
+            dft=args.dft,
+            steepness=args.top_p_steepness,
+            temperature_weight=args.temperature_loss_weight,
+            top_p_weight=args.top_p_loss_weight,
+        )
+        self._metric_keys = [
+            *LOSS_TERMS,
+            "base_lm_loss",
+            *(f"mean_{q}/{v}" for q in QUANTITIES for v in VARIANTS),
+            *(f"ordered_{q}/{s}" for q in QUANTITIES for s in self.split_names),
+        ]
+        self._metric_index = {key: i for i, key in enumerate(self._metric_keys)}
+        self._metric_sums = {mode: torch.zeros(len(self._metric_keys), 2, dtype=torch.float64) for mode in ("train", "eval")}
+        self._generator_key, self._generator_calls = None, 0
+
+    # -- objective ----------------------------------------------------------------------------
+    def _term_weights(self) -> dict[str, float]:
+        args = self.args
+        train_t = args.train_heads in ("both", "temperature")
+        train_p = args.train_heads in ("both", "top_p")
+        weights = {
+            "autodeco_temperature_loss": args.temperature_loss_weight if train_t else None,
+            "autodeco_top_p_loss": args.top_p_loss_weight if train_p else None,
+            "ranking_temperature_loss": args.temperature_ranking_weight if train_t else None,
+            "ranking_top_p_loss": args.top_p_ranking_weight if train_p else None,
+            "placebo_temperature_loss": args.placebo_weight if train_t else None,
+            "placebo_top_p_loss": args.placebo_weight if train_p else None,
+            "absolute_temperature_loss": args.absolute_weight if train_t else None,
+            "lm_loss": args.lm_loss_weight if args.training_mode == "lora_joint" else None,
+        }
+        return {name: weight for name, weight in weights.items() if weight is not None}
+
+    def _loss_generator(self, mode: str) -> torch.Generator:
+        """A generator for the easy-token draw that depends only on (seed, step, call, process): resumable."""
+        key = (mode, self.state.global_step)
+        if key != self._generator_key:
+            self._generator_key, self._generator_calls = key, 0
+        self._generator_calls += 1
+        text = f"{self.args.seed}|{mode}|{self.state.global_step}|{self._generator_calls}|{self.args.process_index}"
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def objective_terms(self, outputs: SteeringOutput, inputs: dict, mode: str = "train") -> dict[str, torch.Tensor]:
+        """Every unweighted loss term of this configuration for one batch (see :class:`SteeringConfig`)."""
+        args = self.args
+        weights = self._term_weights()
+        mask = inputs["response_mask"].bool()
+        temperature, top_p = outputs.temperature, outputs.top_p
+        groups, levels, variant = inputs["groups"], inputs["signed_level"], inputs["variant"]
+        is_none = variant == VARIANTS.index("none")
+        is_placebo = variant == VARIANTS.index("placebo")
+        terms: dict[str, torch.Tensor] = {}
+        if "autodeco_temperature_loss" in weights or "autodeco_top_p_loss" in weights:
+            rows = (is_none | is_placebo) if args.autodeco_rows == "uncommanded" else torch.ones_like(is_none)
+            keep = rows.unsqueeze(1).expand_as(mask)[mask]
+            t_loss, p_loss = autodeco_losses(
+                outputs.slots.select(keep),
+                temperature[mask][keep],
+                top_p[mask][keep],
+                self.loss_config,
+                generator=self._loss_generator(mode),
+            )
+            if "autodeco_temperature_loss" in weights:
+                terms["autodeco_temperature_loss"] = t_loss
+            if "autodeco_top_p_loss" in weights:
+                terms["autodeco_top_p_loss"] = p_loss
+        for quantity, values, margin in (
+            ("temperature", temperature, args.temperature_margin),
+            ("top_p", top_p, args.top_p_margin),
+        ):
+            if f"ranking_{quantity}_loss" in weights:
+                terms[f"ranking_{quantity}_loss"] = pairwise_ranking_loss(
+                    values, mask, groups, levels, margin=margin, reduction=args.ranking_reduction
+                )
+            if f"placebo_{quantity}_loss" in weights:
+                terms[f"placebo_{quantity}_loss"] = placebo_loss(
+                    values, mask, groups, is_placebo, is_none, reduction=args.ranking_reduction
+                )
+        if "absolute_temperature_loss" in weights:
+            terms["absolute_temperature_loss"] = absolute_target_loss(
+                temperature, mask, inputs["target_temperature"], reduction=args.ranking_reduction
+            )
+        if "lm_loss" in weights:
+            terms["lm_loss"] = outputs.lm_loss
+        return terms
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The weighted steering objective instead of SFT's NLL; records every term and the ordering metrics."""
+        mode = "train" if self.model.training else "eval"
+        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
+        terms = self.objective_terms(outputs, inputs, mode)
+        weights = self._term_weights()
+        loss = sum(weights[name] * term for name, term in terms.items())
+        if mode == "eval" and self.args.training_mode == "lora_joint" and "input_ids" in inputs:
+            terms["base_lm_loss"] = self.model.base_lm_loss(
+                *(inputs[k] for k in ("input_ids", "attention_mask", "response_positions", "response_targets", "response_mask"))
+            )
+        self._record_metrics(mode, terms, outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Loss only (the steering model returns no logits); the metrics come from ``compute_loss``."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -- metrics ------------------------------------------------------------------------------
+    def _add_metric(self, mode: str, key: str, total: float, count: float = 1.0) -> None:
+        index = self._metric_index.get(key)
+        if index is not None:
+            self._metric_sums[mode][index, 0] += total
+            self._metric_sums[mode][index, 1] += count
+
+    def _record_metrics(self, mode: str, terms: dict, outputs: SteeringOutput, inputs: dict) -> None:
+        for name, value in terms.items():
+            self._add_metric(mode, name, float(value.detach()))
+        mask = inputs["response_mask"].bool()
+        has_tokens = mask.any(-1)
+        means = {
+            "temperature": sequence_means(outputs.temperature.detach().float(), mask).cpu(),
+            "top_p": sequence_means(outputs.top_p.detach().float(), mask).cpu(),
+        }
+        variants = inputs["variant"].cpu().tolist()
+        splits = inputs["command_split"].cpu().tolist()
+        groups = inputs["groups"].cpu().tolist()
+        records = []
+        for r, (variant, split, group) in enumerate(zip(variants, splits, groups, strict=True)):
+            if not bool(has_tokens[r]):
+                continue
+            name = VARIANTS[variant]
+            for quantity in QUANTITIES:
+                self._add_metric(mode, f"mean_{quantity}/{name}", float(means[quantity][r]))
+            records.append(
+                {
+                    "group_id": group,
+                    "variant": name,
+                    "command_split": self.split_names[split] if split >= 0 else None,
+                    "temperature": float(means["temperature"][r]),
+                    "top_p": float(means["top_p"][r]),
+                }
+            )
+        for unit in summarize_ordering(records)["units"]:
+            for quantity in QUANTITIES:
+                ordered = unit[f"{quantity}_ordered"]
+                if ordered is not None:
+                    self._add_metric(mode, f"ordered_{quantity}/{unit['command_split']}", float(ordered))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the steering metrics averaged since the last log and over processes: every loss term, mean T
+        and P per variant (``mean_temperature/low``, ...) and the share of groups ordered low < none < high
+        per command split (``ordered_temperature/train``, ...); ``eval_``-prefixed during evaluation."""
+        mode = "train" if self.model.training else "eval"
+        sums = self._metric_sums[mode]
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums.to(self.accelerator.device), reduction="sum").cpu()
+        prefix = "eval_" if mode == "eval" else ""
+        for key, (total, count) in zip(self._metric_keys, sums.tolist(), strict=True):
+            if count > 0:
+                logs[prefix + key] = total / count
+        self._metric_sums[mode].zero_()
+        super().log(logs, start_time)
+
+    # -- checkpoints (no pickle) ----------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Heads (+ LoRA adapter) as safetensors and the config as JSON, instead of the whole model and a
+        pickled ``training_args.bin``. Only the writing process saves."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        save_trained(self.autodeco_model, output_dir)
+        atomic_write_text(Path(output_dir) / STEERING_CONFIG_NAME, self.args.to_json_string())
+        logger.info("saved the trained heads%s to %s", " and adapter" if self.args.training_mode == "lora_joint" else "", output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Optimizer and scheduler state as safetensors + JSON (``optimizer.*``, ``scheduler.*``)."""
+        if self.args.should_save:
+            save_state(output_dir, OPTIMIZER_STATE, self.optimizer.state_dict())
+            save_state(output_dir, SCHEDULER_STATE, self.lr_scheduler.state_dict())
+
+    def _rng_file(self) -> str:
+        return RNG_STATE if self.args.world_size <= 1 else f"{RNG_STATE}_{self.args.process_index}"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """RNG states as safetensors + JSON, one file per process."""
+        save_state(output_dir, self._rng_file(), rng_state())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load the heads (+ adapter) written by ``_save``."""
+        load_trained_into(self.autodeco_model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """Load the heads (+ adapter) of the best checkpoint."""
+        load_trained_into(self.autodeco_model, self.state.best_model_checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Read the optimizer and scheduler state written by ``_save_optimizer_and_scheduler``."""
+        if checkpoint is None:
+            return
+        if has_state(checkpoint, OPTIMIZER_STATE):
+            self.optimizer.load_state_dict(load_state(checkpoint, OPTIMIZER_STATE))
+        if has_state(checkpoint, SCHEDULER_STATE):
+            self.lr_scheduler.load_state_dict(load_state(checkpoint, SCHEDULER_STATE))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """Restore the RNG states written by ``_save_rng_state``."""
+        if checkpoint is None:
+            return
+        if not has_state(checkpoint, self._rng_file()):
+            logger.warning("no RNG state for this process in %s; resuming with fresh RNG state", checkpoint)
+            return
+        set_rng_state(load_state(checkpoint, self._rng_file()))
+
+    def _send_telemetry(self) -> None:
+        """Nothing: steerdeco makes no network calls."""

@@ -1,0 +1,301 @@
+"""``python -m analysis`` end to end on a tiny random model, its Python entry point, and the scores files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis import plots
+from analysis.cli import AnalysisError, cli, main, run_analysis
+from analysis.consistency import format_consistency_table, synthetic_scores
+from analysis.notebook import notebook_scores, tiny_model_scores
+from analysis.scores_io import SCORE_FILES, load_results, load_scores, save_scores
+from steerdeco import AutoDecoModel
+from steerdeco.control import BuildConfig, build_control_data
+from steerdeco.testing import tiny_model, tiny_model_and_tokenizer
+from steerdeco.training import load_base_model
+from steerdeco.training.synthetic import synthetic_control_records
+
+PROMPTS = [
+    "Write a short poem about the sea.",
+    "Explain why the sky is blue.",
+    "What is the capital of France?",
+    "Solve 12 times 7.",
+    "List three facts about volcanoes.",
+    "Tell a story about a robot.",
+]
+FAST = ["--n-boot", "30", "--no-progress", "--log-level", "WARNING"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are microseconds: extra threads only contend (a shared 2-core machine is 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def jitter_heads(model: AutoDecoModel, seed: int = 0) -> AutoDecoModel:
+    """Fresh heads predict a constant T and P; jitter them so the values depend on the input."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.heads.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model folder, heads trained for it (jittered fresh heads), prompts and control data with responses."""
+    root = tmp_path_factory.mktemp("analysis_cli")
+    model, tokenizer = tiny_model_and_tokenizer(seed=0)
+    # a random tiny model answers greedily with blank tokens only; suppress them so generated responses are not empty
+    model.generation_config.suppress_tokens = [
+        i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id and not tokenizer.decode([i], skip_special_tokens=True).strip()
+    ]
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    base, _ = load_base_model(str(root / "model"))
+    jitter_heads(AutoDecoModel(base)).save_pretrained(root / "heads")  # heads config names root/model as base model
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "category": "c", "prompt": p, "completion": "The quick brown fox "
+                                           "jumps over the lazy dog. The answer is 84."}) + "\n" for i, p in enumerate(PROMPTS)))
+    common = dict(prompts=[str(prompts)], eval_fraction=0.5, progress=False, seed=0)
+    build_control_data(BuildConfig(out=str(root / "data"), responses="given", **common))
+    build_control_data(BuildConfig(out=str(root / "data_no_responses"), responses="none", **common))
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    """Both protocols, two seeds, figures; the base model comes from the heads config."""
+    out = setup / "results"
+    result = main(["--heads", str(setup / "heads"), "--data", str(setup / "data"), "--out", str(out),
+                   "--seeds", "0,1", "--max-new-tokens", "5", *FAST])
+    return out, result
+
+
+def test_cli_writes_the_results_folder(full_run, setup):
+    out, result = full_run
+    assert (out / "report.md").read_text(encoding="utf-8") == result.markdown
+    for protocol in ("teacher_forced", "free_running"):
+        main_csv = pd.read_csv(out / "tables" / f"{protocol}_main.csv")
+        assert {"none", "low", "high", "placebo"} <= set(main_csv["variant"])
+        text = format_consistency_table(result.tables[f"{protocol}.main"])
+        for label in ("| Baseline |", "| Low |", "| High |", "| Placebo |"):
+            assert label in text
+        assert plots.is_png(out / "figures" / f"{protocol}_trajectory_example.png")
+        assert plots.is_png(out / "figures" / f"{protocol}_binned_trajectories.png")
+        assert (out / SCORE_FILES[protocol]).is_file()
+    assert "## Run" in result.markdown and "teacher_forced_scores.jsonl" in result.markdown
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == str(setup / "model") and run["seeds"] == [0, 1] and run["split"] == "eval"
+    assert run["n_groups"] == 3 and "responses" not in run  # on-the-fly build options are left out with --data
+    assert not (out / "work").exists()
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".results")) == []  # no temporary folders
+    free = result.scores["free_running"]
+    assert sorted(free["seed"].unique()) == [0, 1] and set(free["split"]) == {"eval"}
+    assert free["temperature"].map(len).max() <= 5 and free["text"].notna().all()
+    # the saved raw scores read back as the same scores
+    loaded = load_results(out)
+    for protocol, scores in result.scores.items():
+        back = loaded[protocol]
+        assert list(back["group_id"]) == list(scores["group_id"])
+        for a, b in zip(back["temperature"], scores["temperature"], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_cli_prints_the_consistency_table(setup, capsys):
+    out = setup / "printed"
+    main(["--heads", str(setup / "heads"), "--model", str(setup / "model"), "--data", str(setup / "data" / "control_data.jsonl"),
+          "--out", str(out), "--protocols", "teacher_forced", "--no-figures", *FAST])
+    printed = capsys.readouterr().out
+    assert "Teacher-forced consistency:" in printed and "| Baseline | 3 |" in printed and "| High | 3 |" in printed
+    assert "Free-running" not in printed and not (out / SCORE_FILES["free_running"]).exists()
+    assert not (out / "figures").exists() or not any((out / "figures").iterdir())
+
+
+def test_cli_refuses_to_overwrite(full_run, setup, tmp_path):
+    out, _ = full_run
+    before = (out / "report.md").read_bytes()
+    args = ["--heads", str(setup / "heads"), "--data", str(setup / "data"), "--protocols", "teacher_forced", "--no-figures", *FAST]
+    with pytest.raises(AnalysisError, match="exists and is not empty; pass --overwrite"):
+        main([*args, "--out", str(out)])
+    assert (out / "report.md").read_bytes() == before
+    # an empty folder is fine; a file is not
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    main([*args, "--out", str(empty)])
+    assert (empty / "report.md").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AnalysisError, match="is a file"):
+        main([*args, "--out", str(tmp_path / "file")])
+    # --overwrite replaces the whole folder
+    main([*args, "--out", str(empty), "--overwrite", "--max-groups", "2"])
+    assert json.loads((empty / "run.json").read_text())["n_groups"] == 2
+
+
+def test_cli_builds_control_data_on_the_fly_with_a_config_file(setup, tmp_path):
+    config = tmp_path / "analysis.yaml"
+    config.write_text(f"heads: {setup / 'heads'}\nmodel: {setup / 'model'}\nprompts: [{setup / 'prompts.jsonl'}]\n"
+                      "response-tokens: 6\neval_fraction: 0.5\nprotocols: teacher_forced\nn_boot: 30\nfigures: false\n"
+                      "progress: false\nsplit: train\n")
+    out = tmp_path / "results"
+    result = main(["--config", str(config), "--out", str(out), "--split", "all", "--log-level", "WARNING"])  # flags win
+    responses = [json.loads(line) for line in (out / "work" / "responses.jsonl").read_text().splitlines()]
+    assert len(responses) == len(PROMPTS) and all(r["response"] for r in responses)  # generated by the base model
+    rows = [json.loads(line) for line in (out / "work" / "control_data" / "control_data.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "eval"}
+    scores = result.scores["teacher_forced"]
+    assert len(scores) == len(rows) and scores["group_id"].nunique() == len(PROMPTS)
+    assert "teacher_forced.by_prompt_split" in result.tables  # --split all compares train and eval prompts
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"] == "work/control_data" and run["response_tokens"] == 6 and run["split"] == "all"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temporary work folder was moved
+
+
+@pytest.fixture(scope="module")
+def other_heads(setup):
+    """Heads for a tiny model of hidden size 32 (do not fit the hidden-64 model)."""
+    folder = setup / "heads_32"
+    AutoDecoModel(tiny_model(hidden_size=32, intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make_args", "match"),
+    [
+        (lambda s: ["--heads", str(s / "missing"), "--data", str(s / "data")], r"--heads .*missing: no such folder"),
+        (lambda s: ["--heads", str(s / "data"), "--data", str(s / "data")], r"--heads .*: no heads.safetensors"),
+        (lambda s: ["--heads", str(s / "heads_32"), "--model", str(s / "model"), "--data", str(s / "data")],
+         r"expects hidden size 32 but --model .* has hidden size 64"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data_no_responses")],
+         r"--data .*data_no_responses: \d+ of \d+ rows have no response .*--protocols free_running"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--protocols", "teacher_forced,beam"],
+         r"--protocols: unknown protocol 'beam'"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "nowhere")], r"--data .*nowhere: no such folder"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "prompts.jsonl")], r"--data .*prompts.jsonl: not control data"),
+        (lambda s: ["--heads", str(s / "heads")], r"give --data DIR"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--prompts", "builtin"], r"either --data"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--max-groups", "1"], r"--max-groups must be"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--seeds", "0,x"], r"--seeds must be"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--free-running-groups", "1"],
+         r"--free-running-groups must be an integer >= 2"),
+        (lambda s: ["--data", str(s / "data")], r"--heads is required"),
+        (lambda s: ["--heads", str(s / "heads"), "--prompts", str(s / "prompts.jsonl"), "--responses", "none"],
+         r"--responses none .*teacher_forced"),
+        (lambda s: ["--heads", str(s / "heads"), "--model", "nonexistent-model", "--data", str(s / "data")],
+         r"--model 'nonexistent-model'.*not 'embedded', 'tiny' or a local model folder"),
+    ],
+)
+def test_cli_errors_name_the_argument(setup, other_heads, tmp_path, make_args, match):
+    with pytest.raises(AnalysisError, match=match):
+        main([*make_args(setup), "--out", str(tmp_path / "out"), *FAST])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_error_for_a_split_without_rows(setup, tmp_path):
+    rows = [json.loads(line) for line in (setup / "data" / "control_data.jsonl").read_text().splitlines()]
+    train_only = tmp_path / "train_only.jsonl"
+    train_only.write_text("".join(json.dumps(r) + "\n" for r in rows if r["split"] == "train"))
+    with pytest.raises(AnalysisError, match=r"no rows with split 'eval' \(splits present: \['train'\]\); choose --split"):
+        main(["--heads", str(setup / "heads"), "--data", str(train_only), "--out", str(tmp_path / "out"), *FAST])
+
+
+def test_config_file_errors(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("heads: x\nbogus: 1\n")
+    with pytest.raises(AnalysisError, match="unknown key 'bogus'"):
+        main(["--config", str(config)])
+    with pytest.raises(AnalysisError, match="no such file"):
+        main(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_cli_exits_with_status_2_and_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--heads", str(tmp_path / "missing"), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "python -m analysis: error: --heads" in capsys.readouterr().err
+
+
+# -- Python entry point ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def in_memory():
+    base, tokenizer = tiny_model_and_tokenizer(seed=0)
+    return jitter_heads(AutoDecoModel(base), seed=1), tokenizer, synthetic_control_records(num_prompts=6, num_eval_prompts=3)
+
+
+def test_run_analysis_in_memory(in_memory, tmp_path):
+    model, tokenizer, rows = in_memory
+    tokenizer.padding_side = "right"
+    markdown, tables = run_analysis(model, tokenizer, rows, protocols=["teacher_forced", "free_running"], seeds=(0, 1),
+                                    max_new_tokens=4, free_running_groups=3, split="all", n_boot=30, progress=False)
+    assert tokenizer.padding_side == "right"  # restored after free-running generation
+    assert "### Consistency (held-out prompts, all phrasings)" in markdown and "](figures/" not in markdown
+    for protocol in ("teacher_forced", "free_running"):
+        main_table = tables[f"{protocol}.main"]
+        assert {"none", "low", "high"} <= set(main_table["variant"])
+    assert tables["scores.teacher_forced"]["group_id"].nunique() == 6  # every group teacher-forced, 3 free-running
+    assert tables["scores.free_running"]["group_id"].nunique() == 3 and set(tables["scores.free_running"]["seed"]) == {0, 1}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_analysis_writes_a_folder(in_memory, tmp_path):
+    model, tokenizer, rows = in_memory
+    out = tmp_path / "results"
+    markdown, tables = run_analysis(model, tokenizer, rows, out, protocols=("teacher_forced",), split="all", n_boot=30,
+                                    figures=False, progress=False, run_info={"heads": "in memory"})
+    assert (out / "report.md").read_text(encoding="utf-8") == markdown and "* heads: `in memory`" in markdown
+    assert sorted(load_results(out)) == ["teacher_forced"]
+    assert "teacher_forced.by_prompt_split" in tables
+    with pytest.raises(AnalysisError, match="pass --overwrite \\(overwrite=True\\)"):
+        run_analysis(model, tokenizer, rows, out, protocols=("teacher_forced",), progress=False)
+    no_response = [{**r, "response": None} for r in rows]
+    with pytest.raises(AnalysisError, match="rows have no response"):
+        run_analysis(model, tokenizer, no_response, protocols=("teacher_forced",), progress=False)
+
+
+# -- scores files and notebook helpers ------------------------------------------------------------
+def test_scores_round_trip(tmp_path):
+    scores = synthetic_scores(n_groups=3, phrasings=1, n_tokens=(3, 6), texts=True, seed=1)
+    scores.at[0, "temperature"] = np.array([0.5, math.nan, 1.25], dtype=np.float32)
+    path = save_scores(scores, tmp_path / "s.jsonl")
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first["temperature"] == [0.5, None, 1.25] and first["command_id"] is None
+    back = load_scores(path)
+    assert list(back.columns) == list(scores.columns)
+    assert back["temperature"][0].dtype == np.float32 and math.isnan(back["temperature"][0][1])
+    for a, b in zip(back["top_p"], scores["top_p"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    pd.testing.assert_series_equal(back["text"], scores["text"])
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_scores(scores, path)
+    with pytest.raises(FileNotFoundError, match="holds no score files"):
+        load_results(tmp_path)
+
+
+def test_notebook_scores_sources(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STEERDECO_RESULTS", raising=False)
+    scores, source = notebook_scores(None, "tiny", "free_running")
+    assert "synthetic" in source and scores["text"].notna().all() and sorted(scores["seed"].unique()) == [0, 1]
+    save_scores(scores, tmp_path / "results" / SCORE_FILES["free_running"])
+    scores2, source2 = notebook_scores(None, "tiny", "free_running")  # ./results is picked up
+    assert source2 == "free_running scores of results" and len(scores2) == len(scores)
+    with pytest.raises(ValueError, match="not 'teacher_forced'"):
+        notebook_scores(None, "tiny", "teacher_forced")
+    monkeypatch.setenv("STEERDECO_RESULTS", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="STEERDECO_RESULTS"):
+        notebook_scores(None, "tiny", "free_running")
+
+
+def test_tiny_model_scores_vary():
+    scores = tiny_model_scores("teacher_forced", num_prompts=4)
+    assert set(scores["variant"]) == {"none", "low", "high", "placebo"}
+    assert np.concatenate(list(scores["temperature"])).std() > 0
