@@ -1,0 +1,52 @@
+"""The demo's argument checks and run folders (the full pipeline runs in the README's main command)."""
+
+import argparse
+
+import pytest
+
+from steerdeco import demo
+
+
+def parse(*argv):
+    return demo.make_parser().parse_args(list(argv))
+
+
+def test_defaults_point_at_the_shipped_config():
+    args = parse()
+    assert args.config.endswith("configs/demo.yaml")
+    assert demo._check_args(args) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (("--max-prompts", "0"), "--max-prompts must be >= 1"),
+        (("--seeds", "a,b"), "--seeds must be comma-separated integers"),
+        (("--free-running-groups", "-1"), "--free-running-groups must be >= 0"),
+        (("--config", "missing.yaml"), "--config missing.yaml: no such file"),
+    ],
+)
+def test_bad_arguments_name_the_flag(argv, match):
+    with pytest.raises(SystemExit, match=match):
+        demo._check_args(parse(*argv))
+
+
+def test_an_existing_run_folder_is_never_overwritten_silently(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("results of an earlier run")
+    with pytest.raises(SystemExit, match="pass --overwrite"):
+        demo.run_folder(str(folder), overwrite=False)
+    assert (folder / "keep.txt").is_file()
+    assert demo.run_folder(str(folder), overwrite=True) == folder
+    assert not (folder / "keep.txt").exists()
+
+
+def test_training_config_reads_the_demo_yaml_with_this_runs_paths(tmp_path):
+    args = argparse.Namespace(config=demo.DEFAULT_CONFIG, cache_dir=str(tmp_path / "cache"), seed=3, progress=False)
+    config = demo.training_config(args, tmp_path / "data", tmp_path / "run")
+    assert config.dataset_path == str(tmp_path / "data")
+    assert config.output_dir == str(tmp_path / "run" / "train")
+    assert config.cache_dir == str(tmp_path / "cache" / "backbone")
+    assert config.seed == 3 and config.final_ordering_report is False and config.disable_tqdm is True
+    assert config.model_name_or_path == "embedded" and config.training_mode == "head_only"
