@@ -268,27 +268,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
     Raises:
         AnalysisError: a missing or malformed file, or an unknown key (named in the message).
     """
-    import yaml
+    from steerdeco.io import read_yaml_options  # lazy: importing analysis does not import torch
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AnalysisError(f"--config {path}: no such file") from None
-    except yaml.YAMLError as error:
-        raise AnalysisError(f"--config {path}: not valid YAML ({error})") from error
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise AnalysisError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
-    known = AnalysisConfig.field_names() + CLI_ONLY_KEYS
-    options = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise AnalysisError(f"--config {path}: unknown key {key!r}; known keys: {', '.join(known)}")
-        options[name] = value
-    return options
+    return read_yaml_options(path, AnalysisConfig.field_names() + CLI_ONLY_KEYS, AnalysisError)
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[AnalysisConfig, str]:
@@ -562,14 +544,9 @@ def analyse_scores(
     scores: Mapping[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """``(markdown, tables)`` of the given protocols without writing anything (no figures)."""
-    from .report import _meta, analyse, render_markdown
+    from .report import analyse_protocols, render_markdown
 
-    tables: dict[str, pd.DataFrame] = {}
-    meta: dict = {"n_boot": n_boot, "seed": seed, "eval_only": eval_only}
-    for protocol, frame in scores.items():
-        for name, table in analyse(frame, protocol, eval_only=eval_only, n_boot=n_boot, seed=seed).items():
-            tables[f"{protocol}.{name}"] = table
-        meta[protocol] = _meta(frame, eval_only)
+    tables, meta = analyse_protocols(dict(scores), n_boot=n_boot, seed=seed, eval_only=eval_only)
     return render_markdown(tables, None, meta), tables
 
 

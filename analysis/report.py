@@ -257,6 +257,19 @@ def _write_table(folder: Path, stem: str, table: pd.DataFrame) -> None:
     plots.atomic_write(folder / f"{stem}.json", lambda tmp: table.to_json(tmp, orient="records", indent=1))
 
 
+def analyse_protocols(
+    given: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """:func:`analyse` every protocol's scores: ``({"<protocol>.<table>": DataFrame}, report metadata)``."""
+    tables: dict[str, pd.DataFrame] = {}
+    meta: dict = {"n_boot": n_boot, "seed": seed, "eval_only": eval_only}
+    for protocol, scores in given.items():
+        for name, table in analyse(scores, protocol, eval_only=eval_only, n_boot=n_boot, seed=seed).items():
+            tables[f"{protocol}.{name}"] = table
+        meta[protocol] = _meta(scores, eval_only)
+    return tables, meta
+
+
 def write_report(
     out_dir: str | os.PathLike,
     teacher_forced: pd.DataFrame | None = None,
@@ -282,12 +295,7 @@ def write_report(
     given = {k: v for k, v in (("teacher_forced", teacher_forced), ("free_running", free_running)) if v is not None}
     if not given:
         raise ValueError("write_report needs teacher_forced and/or free_running variant scores")
-    tables: dict[str, pd.DataFrame] = {}
-    meta: dict = {"n_boot": n_boot, "seed": seed, "eval_only": eval_only}
-    for protocol, scores in given.items():
-        for name, table in analyse(scores, protocol, eval_only=eval_only, n_boot=n_boot, seed=seed).items():
-            tables[f"{protocol}.{name}"] = table
-        meta[protocol] = _meta(scores, eval_only)
+    tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

@@ -18,13 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from steerdeco.control.build import DEFAULT_OUT, BuildConfig, BuildResult, build_control_data
 from steerdeco.control.errors import ControlDataError
 from steerdeco.control.insertion import PLACEMENT_MODES
 from steerdeco.control.prompts import SPECIAL_SOURCES
 from steerdeco.control.responses import RESPONSE_MODES
+from steerdeco.io import read_yaml_options
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 CLI_ONLY_KEYS = ("log_level",)
@@ -93,25 +92,7 @@ def read_config_file(path: str | Path) -> dict:
     Raises:
         ControlDataError: a missing or malformed file, or an unknown key (named in the message).
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ControlDataError(f"--config {path}: no such file") from None
-    except yaml.YAMLError as error:
-        raise ControlDataError(f"--config {path}: not valid YAML ({error})") from error
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ControlDataError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
-    known = BuildConfig.field_names() + CLI_ONLY_KEYS
-    options = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise ControlDataError(f"--config {path}: unknown key {key!r}; known keys: {', '.join(known)}")
-        options[name] = value
-    return options
+    return read_yaml_options(path, BuildConfig.field_names() + CLI_ONLY_KEYS, ControlDataError)
 
 
 def resolve_options(args: argparse.Namespace) -> tuple[BuildConfig, str]:

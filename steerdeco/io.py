@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -38,3 +38,34 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) ->
     """Call ``writer(temporary_path)`` and move the result onto ``path``."""
     with atomic_path(path) as tmp:
         writer(str(tmp))
+
+
+def read_yaml_options(
+    path: str | os.PathLike, known: Sequence[str], error: type[Exception] = ValueError
+) -> dict[str, object]:
+    """Options from a YAML ``--config`` file, keys normalised to field names (``max-prompts`` -> ``max_prompts``).
+
+    Raises:
+        ``error``: a missing or malformed file, a file that is not a mapping, or an unknown key (named,
+        with the known keys, in the message).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"--config {path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise error(f"--config {path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    options = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise error(f"--config {path}: unknown key {key!r}; known keys: {', '.join(known)}")
+        options[name] = value
+    return options
