@@ -406,7 +406,7 @@ def effect_table(
     validate_scores(scores, required=("group_id", "variant", "seed", *by))
     scores = prepare_scores(scores)
     rows: list[dict] = []
-    n_cells = 0
+    n_cells = skipped = 0
     for metric in metrics:
         if include_baseline:
             base = baseline_values(scores, metric)
@@ -430,13 +430,18 @@ def effect_table(
                 )
                 if strict:
                     raise ValueError(message)
-                logger.warning("%s; cell left out", message)
+                logger.debug("%s; cell left out", message)
+                skipped += 1
                 continue
             row = {"metric": metric, "variant": variant, **cell_keys}
             row.update(paired_stats(cell["delta"].to_numpy(), DIRECTIONS.get(variant, 0), n_boot, seed))
             row.update(mean_value=float(cell["value"].mean()), mean_baseline=float(cell["baseline"].mean()))
             rows.append(row)
             n_cells += 1
+    if skipped:
+        logger.info(
+            "%d cell(s) of the table by %s have fewer than %d groups and are left out", skipped, by or "variant", min_groups
+        )
     if n_cells == 0:
         n_groups = scores["group_id"].nunique() if "group_id" in scores.columns else 0
         raise ValueError(
