@@ -31,6 +31,15 @@ class HeadsConfig:
             "variance and top-5 mass."
         },
     )
+    context_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Also feed each head the running mean of the last hidden state over the sequence so far "
+            "(prompt and generated tokens; see steerdeco.heads.running_context). Off: AutoDeco's heads exactly. "
+            "On: a command anywhere in the prompt reaches every token's T and P directly, which is what lets "
+            "a small model's heads obey it on prompts they were not trained on."
+        },
+    )
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "Checkpoint format version."})
 

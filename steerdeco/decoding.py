@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, TopKLogitsWarper
 
-from .heads import MIN_TEMPERATURE
-from .hooks import on_lm_head
+from .heads import MIN_TEMPERATURE, running_context
+from .hooks import on_decoder_output, on_lm_head
 
 
 def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
@@ -49,6 +49,8 @@ class _StepRecord:
 
     temperature: list[torch.Tensor] = field(default_factory=list)
     top_p: list[torch.Tensor] = field(default_factory=list)
+    context_state: tuple[torch.Tensor, torch.Tensor] | None = None  # running (sum, count), context_features only
+    context: torch.Tensor | None = None  # running context at the newest position [B, H]
 
     def latest(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.temperature:
@@ -71,7 +73,7 @@ class DynamicTemperatureTopP(LogitsProcessor):
     """
 
     def __init__(
-                self,
+        self,
         record: _StepRecord,
         temperature_scale: float = 1.0,
         top_p_scale: float = 1.0,
@@ -112,18 +114,30 @@ class DynamicTemperatureTopP(LogitsProcessor):
 def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
     """Run the heads after every lm_head forward of ``heads_model.base_model``; yield the record.
 
-    The hook is removed when the block exits, also on error.
+    Heads with ``context_features`` also get the running context: a hook on the decoder adds every
+    new position's last hidden state (prompt positions at prefill, then one token a step; padding
+    left out through the attention mask) to a running sum kept in the record. The hooks are removed
+    when the block exits, also on error.
     """
 
     record = _StepRecord()
+    use_context = heads_model.heads_config.context_features
+
+    def track_context(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            context, record.context_state = running_context(hidden, attention_mask, record.context_state)
+        record.context = context[:, -1]
 
     def callback(hidden: torch.Tensor, logits: torch.Tensor) -> None:
         with torch.no_grad():
-            temperature, top_p = heads_model.heads(hidden[:, -1], logits[:, -1])
+            temperature, top_p = heads_model.heads(hidden[:, -1], logits[:, -1], context=record.context)
         record.temperature.append(temperature.float())
         record.top_p.append(top_p.float())
 
-    with on_lm_head(heads_model.base_model, callback):
+    with contextlib.ExitStack() as stack:
+        if use_context:
+            stack.enter_context(on_decoder_output(heads_model.base_model, track_context))
+        stack.enter_context(on_lm_head(heads_model.base_model, callback))
         yield record
 
 

@@ -6,6 +6,11 @@ Both are two-layer MLPs on the base model's last hidden state:
 * top-p: ``P = sigmoid(MLP([h, T.detach(), features]))`` where ``features`` are four statistics of
   ``softmax(logits / T)`` (see :func:`probability_features`).
 
+With ``context_features`` (:class:`~steerdeco.config.HeadsConfig`) both heads also read the running
+mean of the last hidden state over every position up to the current one (:func:`running_context`):
+the token's own state says what is being written, the running mean what was asked, so a command
+anywhere in the prompt reaches every token's T and P.
+
 The last layer of each head starts at zero weight, so fresh heads predict ``T = max_temperature / 2``
 (1.0 by default) and ``P = INITIAL_TOP_P`` for every token: sampling starts as plain sampling at
 T = 1, top-p = 0.9.
@@ -51,40 +56,82 @@ def probability_features(
     return torch.stack([top[..., 0], entropy, variance, top.sum(-1)], dim=-1)
 
 
+def running_context(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    state: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Running mean of ``hidden`` over the real positions up to and including each position.
+
+    Args:
+        hidden: ``[B, L, H]`` last hidden states of ``L`` consecutive positions.
+        attention_mask: ``[B, L]``, 0 on padding (left or right), which is left out of the mean; None: all real.
+        state: ``(sum [B, H], count [B])`` of the positions before these (generation step by step); None: none.
+
+    Returns:
+        ``(context [B, L, H] float32, state after the last position)``. A padding position gets the
+        mean of the real positions before it (0 when there is none).
+    """
+    weights = hidden.new_ones(hidden.shape[:2]) if attention_mask is None else attention_mask.to(hidden.dtype)
+    weights = weights.float().unsqueeze(-1)
+    sums = (hidden.float() * weights).cumsum(1)
+    counts = weights.cumsum(1)
+    if state is not None:
+        sums = sums + state[0].unsqueeze(1)
+        counts = counts + state[1].reshape(-1, 1, 1)
+    context = sums / counts.clamp_min(1.0)
+    return context, (sums[:, -1], counts[:, -1, 0])
+
+
+def _head_input(hidden: torch.Tensor, context: torch.Tensor | None, use_context: bool) -> torch.Tensor:
+    if not use_context:
+        return hidden
+    if context is None:
+        raise ValueError(
+            "these heads were configured with context_features=True and need the running context "
+            "(steerdeco.heads.running_context of the last hidden states); got none"
+        )
+    return torch.cat([hidden, context.to(hidden.dtype)], dim=-1)
+
+
 class TemperatureHead(nn.Module):
-    """``T = max_temperature * sigmoid(MLP(h))``; input ``[..., H]``, output ``[...]``."""
+    """``T = max_temperature * sigmoid(MLP(h))``; input ``[..., H]`` (and context ``[..., H]``), output ``[...]``."""
 
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.max_temperature = float(config.max_temperature)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.hidden_size, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1)
-        )
+        self.use_context = bool(config.context_features)
+        inputs = config.hidden_size * (2 if self.use_context else 1)
+        self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        temperature = self.max_temperature * torch.sigmoid(self.mlp(hidden).squeeze(-1))
-        return temperature.clamp_min(MIN_TEMPERATURE)
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        logit = self.mlp(_head_input(hidden, context, self.use_context)).squeeze(-1)
+        return (self.max_temperature * torch.sigmoid(logit)).clamp_min(MIN_TEMPERATURE)
 
 
 class TopPHead(nn.Module):
-    """``P = sigmoid(MLP([h, T, features]))``; T is detached by the caller's contract."""
+    """``P = sigmoid(MLP([h, (context,) T, features]))``; T is detached by the caller's contract."""
 
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.use_features = bool(config.top_p_features)
+        self.use_context = bool(config.context_features)
         extra = 1 + (NUM_PROBABILITY_FEATURES if self.use_features else 0)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.hidden_size + extra, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1)
-        )
+        inputs = config.hidden_size * (2 if self.use_context else 1) + extra
+        self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.constant_(self.mlp[-1].bias, math.log(INITIAL_TOP_P / (1 - INITIAL_TOP_P)))
 
     def forward(
-        self, hidden: torch.Tensor, temperature: torch.Tensor, features: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        temperature: torch.Tensor,
+        features: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        parts = [hidden, temperature.detach().unsqueeze(-1)]
+        parts = [_head_input(hidden, context, self.use_context), temperature.detach().unsqueeze(-1)]
         if self.use_features:
             if features is None:
                 raise ValueError("this top-p head was configured with top_p_features=True but got no features")
@@ -93,7 +140,10 @@ class TopPHead(nn.Module):
 
 
 class AutoDecoHeads(nn.Module):
-    """Both heads together: ``(hidden [..., H], logits-or-slots [..., M]) -> (T [...], P [...])``."""
+    """Both heads together: ``(hidden [..., H], logits-or-slots [..., M]) -> (T [...], P [...])``.
+
+    ``context [..., H]`` (:func:`running_context`) is required when the config has ``context_features``.
+    """
 
     def __init__(self, config: HeadsConfig):
         super().__init__()
@@ -102,10 +152,16 @@ class AutoDecoHeads(nn.Module):
         self.top_p_head = TopPHead(config)
 
     def forward(
-        self, hidden: torch.Tensor, logits: torch.Tensor | None, counts: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        logits: torch.Tensor | None,
+        counts: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)
-        temperature = self.temperature_head(hidden)
+        dtype = self.temperature_head.mlp[0].weight.dtype
+        hidden = hidden.to(dtype)
+        context = None if context is None else context.to(dtype)
+        temperature = self.temperature_head(hidden, context)
         features = None
         if self.top_p_head.use_features:
             if logits is None:
@@ -114,5 +170,5 @@ class AutoDecoHeads(nn.Module):
                 features = probability_features(
                     logits.float(), temperature.detach().float(), None if counts is None else counts.float()
                 ).to(hidden.dtype)
-        top_p = self.top_p_head(hidden, temperature.detach(), features)
+        top_p = self.top_p_head(hidden, temperature.detach(), features, context)
         return temperature, top_p

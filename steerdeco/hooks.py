@@ -33,3 +33,39 @@ def on_lm_head(model: nn.Module, callback: Callable[[torch.Tensor, torch.Tensor]
         yield
     finally:
         handle.remove()
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The base model's decoder stack (``get_decoder()``), whose output is the last hidden state of every position."""
+    getter = getattr(model, "get_decoder", None)
+    module = getter() if callable(getter) else None
+    if module is None:
+        raise ValueError(
+            f"{type(model).__name__} has no decoder (get_decoder() returned None); heads with context_features "
+            "need a causal LM whose decoder returns the last hidden state"
+        )
+    return module
+
+
+@contextlib.contextmanager
+def on_decoder_output(
+    model: nn.Module, callback: Callable[[torch.Tensor, torch.Tensor | None], None]
+) -> Iterator[None]:
+    """Call ``callback(last_hidden_state [B, L, H], attention_mask [B, L] or None)`` after every decoder forward.
+
+    The attention mask is the decoder's 2D ``attention_mask`` argument cut to the ``L`` new positions
+    (None when it got none or a non-2D mask). Unlike the lm_head, the decoder sees every prompt
+    position during generation's prefill.
+    """
+
+    def hook(_module, _args, kwargs, output):
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        mask = kwargs.get("attention_mask")
+        mask = mask[:, -hidden.shape[1] :] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        callback(hidden, mask)
+
+    handle = decoder(model).register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

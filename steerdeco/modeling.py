@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME, HeadsConfig
 from .decoding import DecodingTrace, DynamicTemperatureTopP, dynamic_decoding, generated_mask
-from .heads import AutoDecoHeads
+from .heads import AutoDecoHeads, running_context
 from .hooks import on_lm_head
 from .io import atomic_write_text, atomic_write_with
 from .losses import AutoDecoLossConfig, autodeco_losses, exact_slots, next_token_targets
@@ -120,6 +120,10 @@ class AutoDecoModel(nn.Module):
     ) -> AutoDecoOutput:
         """Run the base model and the heads on every position.
 
+        With ``context_features`` heads, the running context covers the positions of ``input_ids``
+        (pass the whole sequence, not a continuation after ``past_key_values``; generation keeps its own
+        running context).
+
         Args:
             labels: optional ``[B, L]`` HF-style labels (aligned with ``input_ids``, ``-100`` ignored);
                 position ``t``'s T and P are scored on ``labels[:, t + 1]``.
@@ -131,7 +135,11 @@ class AutoDecoModel(nn.Module):
             base_out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = captured[-1]
         logits = base_out.logits
-        temperature, top_p = self.heads(hidden, logits.detach())
+        context = None
+        if self.heads_config.context_features:
+            mask = None if attention_mask is None else attention_mask[:, -hidden.shape[1] :]
+            context, _ = running_context(hidden, mask)
+        temperature, top_p = self.heads(hidden, logits.detach(), context=context)
         out = AutoDecoOutput(logits=logits, temperature=temperature, top_p=top_p, hidden_states=hidden)
         if labels is not None:
             out.temperature_loss, out.top_p_loss = self.compute_losses(

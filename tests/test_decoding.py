@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from steerdeco import AutoDecoModel, DynamicTemperatureTopP
+from steerdeco import AutoDecoModel, DynamicTemperatureTopP, HeadsConfig
 from steerdeco.chat import response_parameters
 from steerdeco.decoding import _StepRecord, generated_mask, top_p_filter
 from steerdeco.losses import IGNORE_INDEX
@@ -70,9 +70,10 @@ def test_greedy_stays_greedy(tiny, chat_batch):
     assert torch.equal(model.generate(**chat_batch, max_new_tokens=25), base.generate(**chat_batch, max_new_tokens=25))
 
 
-def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch):
+@pytest.mark.parametrize("context_features", [False, True])
+def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch, context_features):
     base, tokenizer = tiny
-    model = AutoDecoModel(base)
+    model = AutoDecoModel(base, HeadsConfig(hidden_size=base.config.hidden_size, context_features=context_features))
     with torch.no_grad():
         for p in model.heads.parameters():
             p.add_(torch.randn_like(p) * 0.3)

@@ -3,7 +3,9 @@ import torch
 
 from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME
+from steerdeco.heads import running_context
 from steerdeco.testing import tiny_model
+from steerdeco.training import SteeringConfig
 
 
 def labels_for(batch):
@@ -85,12 +87,50 @@ def test_save_and_load_round_trip_writes_heads_only(tiny, chat_batch, tmp_path):
     assert not [f for f in (tmp_path / "heads").iterdir() if f.name.startswith(".")]
 
 
-def test_heads_checkpoint_for_smollm2_size_is_under_2_mb(tmp_path):
+@pytest.mark.parametrize(
+    "heads",
+    [{}, {"context_features": True, "mlp_width": SteeringConfig.heads_mlp_width}],
+    ids=["autodeco", "steering-default"],
+)
+def test_heads_checkpoint_for_smollm2_size_is_under_2_mb(tmp_path, heads):
     # SmolLM2-135M has hidden size 576; the heads do not depend on anything else of the base model.
     base = tiny_model(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=64)
-    AutoDecoModel(base).save_pretrained(tmp_path)
+    AutoDecoModel(base, HeadsConfig(hidden_size=576, **heads)).save_pretrained(tmp_path)
     size = sum(f.stat().st_size for f in tmp_path.iterdir())
     assert 100_000 < size < 2 * 1024 * 1024
+
+
+def test_running_context_leaves_padding_out_and_continues_from_its_state():
+    hidden = torch.randn(2, 5, 3)
+    # row 0 is left-padded by two positions; row 1 has no padding
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    context, (sums, counts) = running_context(hidden, mask)
+    torch.testing.assert_close(context[0, 3], hidden[0, 2:4].mean(0))
+    torch.testing.assert_close(context[1, 4], hidden[1].mean(0))
+    assert counts.tolist() == [3.0, 5.0]
+    right, _ = running_context(hidden[0:1, 2:], None)  # the same row without its padding
+    torch.testing.assert_close(context[0:1, 2:], right)
+    first, state = running_context(hidden[:, :3], mask[:, :3])
+    rest, _ = running_context(hidden[:, 3:], mask[:, 3:], state)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), context)
+
+
+def test_context_heads_leave_left_padding_out_and_need_the_context(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base, HeadsConfig(hidden_size=base.config.hidden_size, context_features=True))
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    out = model(**chat_batch)
+    real = chat_batch["attention_mask"][0].bool()  # row 0 is the shorter, left-padded prompt
+    alone = model(input_ids=chat_batch["input_ids"][0][real].unsqueeze(0))
+    torch.testing.assert_close(out.temperature[0][real], alone.temperature[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.top_p[0][real], alone.top_p[0], rtol=1e-4, atol=1e-5)
+    context, _ = running_context(out.hidden_states, chat_batch["attention_mask"])
+    wrong = model.heads(out.hidden_states, out.logits, context=torch.zeros_like(context))[0]
+    assert not torch.allclose(wrong, out.temperature)  # the context really is an input
+    with pytest.raises(ValueError, match="context_features=True"):
+        model.heads(out.hidden_states, out.logits)
 
 
 def test_loading_refuses_bad_checkpoints_with_clear_errors(tiny, tmp_path):

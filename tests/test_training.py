@@ -11,7 +11,8 @@ import torch
 from transformers import TrainerCallback
 
 from steerdeco import AutoDecoModel
-from steerdeco.ranking import VARIANTS
+from steerdeco.heads import MIN_TEMPERATURE
+from steerdeco.ranking import VARIANTS, pairwise_ranking_loss
 from steerdeco.testing import tiny_model_and_tokenizer
 from steerdeco.train import cli, make_parser
 from steerdeco.training import (
@@ -27,6 +28,7 @@ from steerdeco.training.cache import CACHE_FILE, read_cache_metadata
 from steerdeco.training.checkpoint import flatten_state, load_state, save_state, unflatten_state
 from steerdeco.training.collator import SteeringCollator, command_split_names, encode_groups, select_split
 from steerdeco.training.synthetic import COMMANDS, synthetic_control_records, synthetic_control_rows
+from steerdeco.training.trainer import MODEL_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS_PER_GROUP = 1 + len(COMMANDS)
@@ -79,6 +81,7 @@ def heads_state(model: AutoDecoModel) -> dict[str, torch.Tensor]:
         ({"training_mode": "full"}, "training_mode must be one of"),
         ({"train_heads": "neither"}, "train_heads must be one of"),
         ({"ranking_reduction": "mean"}, "ranking_reduction must be one of"),
+        ({"ranking_space": "exp"}, "ranking_space must be one of"),
         ({"temperature_margin": -0.1}, "temperature_margin must be a finite number >= 0"),
         ({"placebo_weight": float("nan")}, "placebo_weight must be a finite number >= 0"),
         ({"easy_token_fraction": 1.5}, "easy_token_fraction"),
@@ -184,7 +187,7 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows):
                                           direct.get_eval_dataloader(direct.train_dataset), strict=True):
         assert "hidden" in batch_cached and "input_ids" not in batch_cached
         with torch.no_grad():
-            out_cached = cached.model(**{k: v for k, v in batch_cached.items() if k in ("response_mask", "hidden", "slot_values", "slot_counts", "target_value", "target_slot")})
+            out_cached = cached.model(**{k: v for k, v in batch_cached.items() if k in ("response_mask", "hidden", "context", "slot_values", "slot_counts", "target_value", "target_slot")})
             out_direct = direct.model(**{k: v for k, v in batch_direct.items() if k in ("response_mask", "input_ids", "attention_mask", "response_positions", "response_targets")})
         torch.testing.assert_close(out_cached.temperature, out_direct.temperature)
         torch.testing.assert_close(out_cached.top_p, out_direct.top_p)
@@ -235,6 +238,29 @@ def test_head_only_training_orders_the_commanded_temperature(tmp_path, train_row
     means = report["by_command_split"]["train"]["temperature"]
     assert means["low"] < means["none"] < means["high"]
     assert report["by_command_split"]["train"]["temperature_ordered"] > report_before["by_command_split"]["train"]["temperature_ordered"]
+
+
+@pytest.mark.parametrize("space", ["linear", "log"])
+def test_ranking_space_picks_what_the_margin_compares(tmp_path, train_rows, space):
+    trainer = SteeringTrainer(args=config(tmp_path, ranking_space=space), train_dataset=train_rows)
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    outputs = trainer.model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
+    terms = trainer.objective_terms(outputs, inputs)
+    mask = inputs["response_mask"].bool()
+    values = outputs.temperature.clamp_min(MIN_TEMPERATURE).log() if space == "log" else outputs.temperature
+    expected = pairwise_ranking_loss(values, mask, inputs["groups"], inputs["signed_level"], margin=0.1)
+    torch.testing.assert_close(terms["ranking_temperature_loss"], expected)
+
+
+def test_log_space_leaves_room_below_a_small_calibrated_temperature():
+    # none at T = 0.15 and three graded low levels: a 0.1 margin per level pair needs T < 0 in linear space
+    levels = torch.tensor([-3.0, -2.0, -1.0, 0.0])
+    groups = torch.zeros(4, dtype=torch.long)
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    temperature = torch.tensor([[0.15 * math.exp(-0.1 * k)] for k in (3, 2, 1, 0)])
+    log_loss = pairwise_ranking_loss(temperature.log(), mask, groups, levels, margin=0.09)
+    linear_loss = pairwise_ranking_loss(temperature, mask, groups, levels, margin=0.09)
+    assert float(log_loss) == 0.0 and float(linear_loss) > 0.0
 
 
 def test_train_heads_freezes_the_other_head(tmp_path, train_rows):

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..heads import running_context
 from ..hooks import on_lm_head
 from ..io import atomic_write_with
 from ..losses import LogitSlots, compress_logits, exact_slots
@@ -33,7 +34,7 @@ from ..losses import LogitSlots, compress_logits, exact_slots
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "backbone_cache.safetensors"
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"
 
 
 def backbone_outputs(
@@ -45,7 +46,7 @@ def backbone_outputs(
     response_mask: torch.Tensor,
     top_k: int,
     num_bins: int,
-) -> tuple[torch.Tensor, LogitSlots, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, LogitSlots, torch.Tensor]:
     """Run the base model and read it at the response positions.
 
     Args:
@@ -56,20 +57,22 @@ def backbone_outputs(
         top_k, num_bins: logit compression (``top_k=0``: exact slots).
 
     Returns:
-        ``(hidden [K, H], slots, logits [K, V])`` for the ``K`` masked positions in row-major order;
-        the slots are built from detached logits, ``hidden`` and ``logits`` keep their graph.
+        ``(hidden [K, H], context [K, H], slots, logits [K, V])`` for the ``K`` masked positions in
+        row-major order; ``context`` is :func:`~steerdeco.heads.running_context` of the row up to each
+        position; the slots are built from detached logits, the other tensors keep their graph.
     """
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
     with on_lm_head(base_model, lambda hidden, logits: captured.append((hidden, logits))):
         base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     hidden, logits = captured[-1]
+    context, _ = running_context(hidden, attention_mask)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(response_positions)
     rows, positions = rows[response_mask], response_positions[response_mask]
-    hidden, logits = hidden[rows, positions], logits[rows, positions]
+    hidden, context, logits = hidden[rows, positions], context[rows, positions], logits[rows, positions]
     targets = response_targets[response_mask]
     detached = logits.detach()
     slots = exact_slots(detached, targets) if top_k == 0 else compress_logits(detached, targets, top_k, num_bins)
-    return hidden, slots, logits
+    return hidden, context, slots, logits
 
 
 @dataclass
@@ -77,11 +80,14 @@ class BackboneCache:
     """Backbone outputs at the response positions of every row, concatenated.
 
     ``K`` positions over all rows; row ``r`` owns positions ``offsets[r]:offsets[r + 1]``.
-    Attributes: ``hidden [K, H]``, ``slot_values [K, top_k + bins]``, ``bin_counts [K, bins]`` (the
-    top-k slots are single tokens), ``target_value [K]``, ``target_slot [K]``, ``offsets [rows + 1]``.
+    Attributes: ``hidden [K, H]``, ``context [K, H]`` (running mean of the last hidden state up to
+    each position, for heads with ``context_features``), ``slot_values [K, top_k + bins]``,
+    ``bin_counts [K, bins]`` (the top-k slots are single tokens), ``target_value [K]``,
+    ``target_slot [K]``, ``offsets [rows + 1]``.
     """
 
     hidden: torch.Tensor
+    context: torch.Tensor
     slot_values: torch.Tensor
     bin_counts: torch.Tensor
     target_value: torch.Tensor
@@ -97,6 +103,7 @@ class BackboneCache:
         """Padded ``[B, width, ...]`` tensors for ``rows`` (the collator's cache inputs)."""
         batch, hidden_size, slots = len(rows), self.hidden.shape[1], self.slot_values.shape[1]
         hidden = torch.zeros(batch, width, hidden_size, dtype=self.hidden.dtype)
+        context = torch.zeros(batch, width, hidden_size, dtype=self.context.dtype)
         values = torch.zeros(batch, width, slots)
         bins = torch.ones(batch, width, self.bin_counts.shape[1])
         target_value = torch.zeros(batch, width)
@@ -107,6 +114,7 @@ class BackboneCache:
             start, end = int(self.offsets[row]), int(self.offsets[row + 1])
             n = min(end - start, width)
             hidden[i, :n] = self.hidden[start : start + n]
+            context[i, :n] = self.context[start : start + n]
             values[i, :n] = self.slot_values[start : start + n]
             bins[i, :n] = self.bin_counts[start : start + n]
             target_value[i, :n] = self.target_value[start : start + n]
@@ -114,6 +122,7 @@ class BackboneCache:
         counts = torch.cat([torch.ones(batch, width, self.top_k), bins], dim=-1)
         return {
             "hidden": hidden,
+            "context": context,
             "slot_values": values,
             "slot_counts": counts,
             "target_value": target_value,
@@ -123,6 +132,7 @@ class BackboneCache:
     def save(self, path: str | os.PathLike) -> None:
         tensors = {
             "hidden": self.hidden,
+            "context": self.context,
             "slot_values": self.slot_values,
             "bin_counts": self.bin_counts,
             "target_value": self.target_value,
@@ -217,10 +227,11 @@ def build_backbone_cache(
         for start in tqdm(starts, desc="caching backbone outputs", disable=not progress):
             index = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in _right_pad([examples[i] for i in index], pad_token_id).items()}
-            hidden, slots, _ = backbone_outputs(base_model, **batch, top_k=top_k, num_bins=num_bins)
+            hidden, context, slots, _ = backbone_outputs(base_model, **batch, top_k=top_k, num_bins=num_bins)
             lengths = batch["response_mask"].sum(-1).tolist()
             pieces = zip(
                 hidden.float().cpu().split(lengths),
+                context.float().cpu().split(lengths),
                 slots.values.cpu().split(lengths),
                 slots.counts[:, top_k:].cpu().split(lengths),
                 slots.target_value.cpu().split(lengths),
@@ -233,7 +244,7 @@ def build_backbone_cache(
         base_model.train(was_training)
     lengths = torch.tensor([row[0].shape[0] for row in per_row])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    columns = [torch.cat([row[c] for row in per_row]) for c in range(5)]
+    columns = [torch.cat([row[c] for row in per_row]) for c in range(6)]
     return BackboneCache(*columns, offsets=offsets, top_k=top_k, fingerprint=fingerprint)
 
 

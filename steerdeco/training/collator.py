@@ -183,7 +183,7 @@ class SteeringCollator:
     * without a cache: ``input_ids``/``attention_mask [R, L]``, ``response_positions [R, N]`` (the
       position whose prediction scores response token ``j``: ``response_start - 1 + j``) and
       ``response_targets [R, N]`` (token ``j``);
-    * with a cache: ``hidden [R, N, H]``, ``slot_values``/``slot_counts [R, N, M]``,
+    * with a cache: ``hidden``/``context [R, N, H]``, ``slot_values``/``slot_counts [R, N, M]``,
       ``target_value``/``target_slot [R, N]``.
     """
 

@@ -20,6 +20,7 @@ TRAINING_MODES = ("head_only", "lora_joint")
 TRAIN_HEADS = ("both", "temperature", "top_p")
 AUTODECO_ROWS = ("uncommanded", "all")
 REDUCTIONS = ("token", "sequence")
+RANKING_SPACES = ("linear", "log")
 
 
 def _multi_process_without_accelerator() -> bool:
@@ -150,10 +151,24 @@ class SteeringConfig(SFTConfig):
     logit_bins: int = field(default=64, metadata={"help": "Tail bins of the compressed logits."})
 
     # -- heads ----------------------------------------------------------------------------------
-    heads_mlp_width: int = field(default=256, metadata={"help": "Hidden width of each head's MLP."})
+    heads_mlp_width: int = field(
+        default=192,
+        metadata={
+            "help": "Hidden width of each head's MLP (AutoDeco uses 256; 192 keeps heads with context features "
+            "for SmolLM2-135M under 2 MB)."
+        },
+    )
     heads_max_temperature: float = field(default=2.0, metadata={"help": "T = max_temperature * sigmoid(MLP(h))."})
     heads_top_p_features: bool = field(
         default=True, metadata={"help": "Feed the top-p head AutoDeco's four probability features."}
+    )
+    heads_context_features: bool = field(
+        default=True,
+        metadata={
+            "help": "Feed both heads the running mean of the last hidden state up to each token as well as the "
+            "token's own state (HeadsConfig.context_features), so the command in the prompt reaches every "
+            "token directly. false: AutoDeco's heads exactly."
+        },
     )
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
@@ -184,7 +199,11 @@ class SteeringConfig(SFTConfig):
     )
     top_p_ranking_weight: float = field(default=1.0, metadata={"help": "Weight of the pairwise ranking loss on P."})
     temperature_margin: float = field(
-        default=0.1, metadata={"help": "Margin by which each higher-level variant's T must exceed the lower one's."}
+        default=0.1,
+        metadata={
+            "help": "Margin by which each higher-level variant's T must exceed the lower one's (in log T with "
+            "ranking_space='log': 0.1 is a ratio of about 1.105)."
+        },
     )
     top_p_margin: float = field(default=0.05, metadata={"help": "Margin of the ranking loss on P."})
     ranking_reduction: str = field(
@@ -195,11 +214,28 @@ class SteeringConfig(SFTConfig):
             "choices": list(REDUCTIONS),
         },
     )
+    ranking_space: str = field(
+        default="log",
+        metadata={
+            "help": "Compare variants on the values themselves ('linear': a margin is an absolute difference) or on "
+            "their logarithms ('log': a margin is a ratio, log(T_high / T_low) >= margin). 'log' keeps the ranking "
+            "satisfiable when the calibrated T is small (greedy responses) and the graded levels need room below it.",
+            "choices": list(RANKING_SPACES),
+        },
+    )
     placebo_weight: float = field(
-        default=1.0, metadata={"help": "Weight of |T_placebo - T_none| + |P_placebo - P_none|."}
+        default=0.1,
+        metadata={
+            "help": "Weight of |T_placebo - T_none| + |P_placebo - P_none|. Kept small: at 1.0 this per-token pull "
+            "toward invariance to any instruction outweighs the ranking and the heads stop telling commands apart."
+        },
     )
     absolute_weight: float = field(
-        default=1.0, metadata={"help": "Weight of (T - target)^2 for commands naming a target temperature."}
+        default=0.1,
+        metadata={
+            "help": "Weight of (T - target)^2 for commands naming a target temperature. Kept small: its squared "
+            "error dominates the ranking at 1.0."
+        },
     )
 
     # -- LoRA-joint mode ------------------------------------------------------------------------
@@ -254,6 +290,7 @@ class SteeringConfig(SFTConfig):
         choice("train_heads", TRAIN_HEADS)
         choice("autodeco_rows", AUTODECO_ROWS)
         choice("ranking_reduction", REDUCTIONS)
+        choice("ranking_space", RANKING_SPACES)
         weights = (
             "temperature_loss_weight",
             "top_p_loss_weight",

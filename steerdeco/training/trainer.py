@@ -31,6 +31,7 @@ from torch import nn
 from trl import SFTTrainer
 
 from ..config import HeadsConfig
+from ..heads import MIN_TEMPERATURE
 from ..io import atomic_write_text
 from ..losses import AutoDecoLossConfig, LogitSlots, autodeco_losses
 from ..modeling import AutoDecoModel, base_hidden_size
@@ -62,6 +63,7 @@ MODEL_INPUTS = (
     "response_targets",
     "response_mask",
     "hidden",
+    "context",
     "slot_values",
     "slot_counts",
     "target_value",
@@ -176,6 +178,7 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
         mlp_width=args.heads_mlp_width,
         max_temperature=args.heads_max_temperature,
         top_p_features=args.heads_top_p_features,
+        context_features=args.heads_context_features,
         base_model=args.model_name_or_path,
     )
     model = AutoDecoModel(base, heads_config, freeze_base=args.training_mode == "head_only")
@@ -198,7 +201,7 @@ class SteeringModel(nn.Module):
 
     ``forward`` takes the collator's batch: either ``input_ids``/``attention_mask`` plus
     ``response_positions``/``response_targets`` (the backbone runs; without grad when it is frozen),
-    or the cached ``hidden``/``slot_*``/``target_*`` tensors (heads only). In both cases the heads
+    or the cached ``hidden``/``context``/``slot_*``/``target_*`` tensors (heads only). In both cases the heads
     see the hidden state and the (compressed) logit slots of each response position, so training
     from the cache and through the backbone compute the same thing.
     """
@@ -233,6 +236,7 @@ class SteeringModel(nn.Module):
         response_positions: torch.Tensor | None = None,
         response_targets: torch.Tensor | None = None,
         hidden: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
         slot_values: torch.Tensor | None = None,
         slot_counts: torch.Tensor | None = None,
         target_value: torch.Tensor | None = None,
@@ -242,13 +246,14 @@ class SteeringModel(nn.Module):
         lm_loss = None
         if hidden is not None:
             flat_hidden = hidden[mask]
+            flat_context = None if context is None else context[mask]
             slots = LogitSlots(slot_values[mask], slot_counts[mask], target_value[mask], target_slot[mask].long())
         else:
             if input_ids is None or response_positions is None or response_targets is None:
                 raise ValueError("SteeringModel needs either cached backbone outputs or input_ids with response positions")
             grad = torch.enable_grad() if self._backbone_is_trainable() else torch.no_grad()
             with grad:
-                flat_hidden, slots, logits = backbone_outputs(
+                flat_hidden, flat_context, slots, logits = backbone_outputs(
                     self.autodeco.base_model,
                     input_ids,
                     attention_mask,
@@ -260,7 +265,7 @@ class SteeringModel(nn.Module):
                 )
             if self.compute_lm_loss:
                 lm_loss = F.cross_entropy(logits.float(), response_targets[mask]) if logits.shape[0] else logits.sum() * 0
-        temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts)
+        temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context)
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
         return SteeringOutput(
             temperature=padded.masked_scatter(mask, temperature),
@@ -276,7 +281,7 @@ class SteeringModel(nn.Module):
         context = base.disable_adapter() if _is_peft(base) else contextlib.nullcontext()
         mask = response_mask.bool()
         with context:
-            _, _, logits = backbone_outputs(
+            *_, logits = backbone_outputs(
                 base, input_ids, attention_mask, response_positions, response_targets, mask, self.logit_top_k, self.logit_bins
             )
         return F.cross_entropy(logits.float(), response_targets[mask])
@@ -456,8 +461,9 @@ class SteeringTrainer(SFTTrainer):
             ("top_p", top_p, args.top_p_margin),
         ):
             if f"ranking_{quantity}_loss" in weights:
+                ranked = values.clamp_min(MIN_TEMPERATURE).log() if args.ranking_space == "log" else values
                 terms[f"ranking_{quantity}_loss"] = pairwise_ranking_loss(
-                    values, mask, groups, levels, margin=margin, reduction=args.ranking_reduction
+                    ranked, mask, groups, levels, margin=margin, reduction=args.ranking_reduction
                 )
             if f"placebo_{quantity}_loss" in weights:
                 terms[f"placebo_{quantity}_loss"] = placebo_loss(
