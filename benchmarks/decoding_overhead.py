@@ -5,7 +5,10 @@ Batch 4, 128 new tokens (EOS suppressed with min_new_tokens so both do the same 
 alternate in one process, after a warm-up of each; the last line is the median of the per-pair
 ratios dynamic / static.
 
-    python benchmarks/decoding_overhead.py [--repeats 7]
+    python benchmarks/decoding_overhead.py [--repeats 7] [--context-features]
+
+``--context-features`` measures heads that also read the running context (the steering configs'
+heads), which adds a decoder hook and a running sum to every step.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 
 import torch
 
-from steerdeco import AutoDecoModel
+from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.embedded import load_embedded_model
 
 PROMPTS = [
@@ -31,6 +34,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed pairs (default 7)")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sequence (default 128)")
+    parser.add_argument(
+        "--context-features", action="store_true", help="heads with context features (as the steering configs train)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     return parser
 
@@ -39,7 +45,9 @@ def main(args: argparse.Namespace) -> float:
     if args.threads:
         torch.set_num_threads(args.threads)
     base, tokenizer = load_embedded_model()
-    model = AutoDecoModel(base)
+    model = AutoDecoModel(
+        base, HeadsConfig(hidden_size=base.config.hidden_size, context_features=args.context_features)
+    )
     batch = tokenizer.apply_chat_template(
         [[{"role": "user", "content": p}] for p in PROMPTS],
         add_generation_prompt=True,
@@ -76,7 +84,8 @@ def main(args: argparse.Namespace) -> float:
         ratios.append(d / s)
         print(f"pair {i + 1}: dynamic {d:.2f} s, static {s:.2f} s, ratio {d / s:.4f}", flush=True)
     median = statistics.median(ratios)
-    print(f"T={temperature:.3f} P={top_p:.3f}, batch {len(PROMPTS)}, {args.new_tokens} new tokens, {args.repeats} pairs")
+    heads = "context-feature heads" if args.context_features else "AutoDeco heads"
+    print(f"{heads}, T={temperature:.3f} P={top_p:.3f}, batch {len(PROMPTS)}, {args.new_tokens} new tokens, {args.repeats} pairs")
     print(f"median dynamic/static time ratio: {median:.4f}")
     return median
 

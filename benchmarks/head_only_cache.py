@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from steerdeco import AutoDecoModel
+from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.embedded import load_embedded_model
 from steerdeco.training import SteeringConfig, SteeringTrainer, load_control_rows, select_split
 from steerdeco.training.synthetic import synthetic_control_rows
@@ -41,7 +41,15 @@ def main(args: argparse.Namespace) -> float:
     else:
         rows = select_split(synthetic_control_rows(num_prompts=12, num_eval_prompts=0, response_repeats=2), "train")
     base, tokenizer = load_embedded_model()
-    model = AutoDecoModel(base)
+    defaults = SteeringConfig(output_dir=tempfile.gettempdir())  # the heads the steering configs train
+    model = AutoDecoModel(
+        base,
+        HeadsConfig(
+            hidden_size=base.config.hidden_size,
+            mlp_width=defaults.heads_mlp_width,
+            context_features=defaults.heads_context_features,
+        ),
+    )
     with tempfile.TemporaryDirectory() as tmp:
 
         def trainer(cache: bool) -> SteeringTrainer:

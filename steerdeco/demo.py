@@ -49,7 +49,9 @@ def make_parser() -> argparse.ArgumentParser:
         default=str(DEFAULT_ROOT / "cache"),
         help="generated responses and backbone cache, reused across runs (default: outputs/demo/cache)",
     )
-    parser.add_argument("--max-prompts", type=int, default=120, help="prompts drawn from the project's set (default 120)")
+    parser.add_argument(
+        "--max-prompts", type=int, default=None, help="use a seeded subset of the project's prompts (default: all 330)"
+    )
     parser.add_argument(
         "--response-tokens", type=int, default=32, help="length limit of the generated shared responses (default 32)"
     )
@@ -68,7 +70,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> list[int]:
     for name in ("max_prompts", "response_tokens", "n_boot"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.free_running_groups < 0:
         raise SystemExit(f"--free-running-groups must be >= 0, got {args.free_running_groups}")

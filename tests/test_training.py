@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from steerdeco import AutoDecoModel
-from steerdeco.heads import MIN_TEMPERATURE
+from steerdeco.heads import MIN_TEMPERATURE, running_context
 from steerdeco.ranking import VARIANTS, pairwise_ranking_loss
 from steerdeco.testing import tiny_model_and_tokenizer
 from steerdeco.train import cli, make_parser
@@ -24,7 +24,7 @@ from steerdeco.training import (
     load_trained_model,
     summarize_ordering,
 )
-from steerdeco.training.cache import CACHE_FILE, read_cache_metadata
+from steerdeco.training.cache import CACHE_FILE, backbone_outputs, read_cache_metadata
 from steerdeco.training.checkpoint import flatten_state, load_state, save_state, unflatten_state
 from steerdeco.training.collator import SteeringCollator, command_split_names, encode_groups, select_split
 from steerdeco.training.synthetic import COMMANDS, synthetic_control_records, synthetic_control_rows
@@ -192,6 +192,27 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows):
         torch.testing.assert_close(out_cached.temperature, out_direct.temperature)
         torch.testing.assert_close(out_cached.top_p, out_direct.top_p)
         torch.testing.assert_close(out_cached.slots.values, out_direct.slots.values)
+
+
+def test_backbone_outputs_match_a_full_forward_at_the_response_positions(tmp_path, train_rows):
+    trainer = SteeringTrainer(args=config(tmp_path, backbone_cache=False, logit_top_k=0), train_dataset=train_rows)
+    batch = next(iter(trainer.get_train_dataloader()))
+    base = trainer.autodeco_model.base_model
+    hidden, context, slots, logits = backbone_outputs(
+        base, *(batch[k] for k in ("input_ids", "attention_mask", "response_positions", "response_targets", "response_mask")),
+        top_k=0, num_bins=1,
+    )
+    with torch.no_grad():
+        full = trainer.autodeco_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    full_context, _ = running_context(full.hidden_states, batch["attention_mask"])
+    mask = batch["response_mask"]
+    rows = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask]
+    positions = batch["response_positions"][mask]
+    assert int(positions.min()) > 0  # the prompt positions really were left out of the logits
+    torch.testing.assert_close(logits, full.logits[rows, positions], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hidden, full.hidden_states[rows, positions], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(context, full_context[rows, positions], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(slots.target_value, full.logits[rows, positions].gather(-1, batch["response_targets"][mask].unsqueeze(-1)).squeeze(-1), rtol=1e-4, atol=1e-5)
 
 
 def test_stale_cache_is_rebuilt_and_a_fresh_one_reused(tmp_path, train_rows, caplog):

@@ -15,6 +15,7 @@ settings; :func:`load_or_build_cache` rebuilds a cache whose fingerprint does no
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..heads import running_context
-from ..hooks import on_lm_head
+from ..hooks import on_decoder_output, on_lm_head
 from ..io import atomic_write_with
 from ..losses import LogitSlots, compress_logits, exact_slots
 
@@ -49,6 +50,10 @@ def backbone_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor, LogitSlots, torch.Tensor]:
     """Run the base model and read it at the response positions.
 
+    The base model computes logits only from the batch's first response position on (when its
+    forward takes ``logits_to_keep``, as transformers' causal LMs do): the prompt positions need the
+    last hidden state (for the running context) but no logits.
+
     Args:
         input_ids, attention_mask: ``[R, L]`` right-padded rows.
         response_positions: ``[R, N]`` position whose prediction scores response token ``j``.
@@ -61,18 +66,35 @@ def backbone_outputs(
         row-major order; ``context`` is :func:`~steerdeco.heads.running_context` of the row up to each
         position; the slots are built from detached logits, the other tensors keep their graph.
     """
-    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-    with on_lm_head(base_model, lambda hidden, logits: captured.append((hidden, logits))):
-        base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden, logits = captured[-1]
+    hiddens: list[torch.Tensor] = []
+    logits_out: list[torch.Tensor] = []
+    length = input_ids.shape[1]
+    kwargs = {}
+    if response_mask.any() and accepts_logits_to_keep(base_model):
+        # logits of the last positions only, from the first response position of the batch on
+        kwargs["logits_to_keep"] = length - int(response_positions[response_mask].min())
+    with (
+        on_decoder_output(base_model, lambda hidden, _mask: hiddens.append(hidden)),
+        on_lm_head(base_model, lambda _hidden, logits: logits_out.append(logits)),
+    ):
+        base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    hidden, logits = hiddens[-1], logits_out[-1]
     context, _ = running_context(hidden, attention_mask)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(response_positions)
     rows, positions = rows[response_mask], response_positions[response_mask]
-    hidden, context, logits = hidden[rows, positions], context[rows, positions], logits[rows, positions]
+    hidden, context = hidden[rows, positions], context[rows, positions]
+    logits = logits[rows, positions - (length - logits.shape[1])]
     targets = response_targets[response_mask]
     detached = logits.detach()
     slots = exact_slots(detached, targets) if top_k == 0 else compress_logits(detached, targets, top_k, num_bins)
     return hidden, context, slots, logits
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether ``model``'s forward (under a peft wrapper: the wrapped model's) takes ``logits_to_keep``."""
+    getter = getattr(model, "get_base_model", None)
+    inner = getter() if callable(getter) else model
+    return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
 
 
 @dataclass
