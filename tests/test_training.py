@@ -261,6 +261,19 @@ def test_head_only_training_orders_the_commanded_temperature(tmp_path, train_row
     assert report["by_command_split"]["train"]["temperature_ordered"] > report_before["by_command_split"]["train"]["temperature_ordered"]
 
 
+def test_context_heads_trained_from_the_cache_order_held_out_prompts(tmp_path):
+    rows = synthetic_control_rows(num_prompts=12, num_eval_prompts=4)
+    args = config(tmp_path, max_steps=60, learning_rate=1e-2, heads_context_features=True, heads_mlp_width=64)
+    trainer = SteeringTrainer(args=args, train_dataset=select_split(rows, "train"))
+    assert trainer.backbone_cache is not None and trainer.autodeco_model.heads_config.context_features
+    trainer.train()
+    # scored through the full model (running context from its own forward), on prompts never trained on
+    report = evaluate_ordering(trainer.autodeco_model, trainer.processing_class, select_split(rows, "eval"))
+    entry = report["by_command_split"]["train"]
+    assert entry["units"] == 4 and entry["temperature_ordered"] >= 0.75
+    assert entry["temperature"]["low"] < entry["temperature"]["none"] < entry["temperature"]["high"]
+
+
 @pytest.mark.parametrize("space", ["linear", "log"])
 def test_ranking_space_picks_what_the_margin_compares(tmp_path, train_rows, space):
     trainer = SteeringTrainer(args=config(tmp_path, ranking_space=space), train_dataset=train_rows)
