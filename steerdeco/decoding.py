@@ -51,6 +51,7 @@ class _StepRecord:
     top_p: list[torch.Tensor] = field(default_factory=list)
     context_state: tuple[torch.Tensor, torch.Tensor] | None = None  # running (sum, count), context_features only
     context: torch.Tensor | None = None  # running context at the newest position [B, H]
+    context_positions: int = 0  # positions already added to context_state
 
     def latest(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.temperature:
@@ -124,9 +125,20 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
     use_context = heads_model.heads_config.context_features
 
     def track_context(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        # positions so far: the mask covers them all; without one, a forward either continues from a KV
+        # cache (fewer positions than seen) or recomputes the whole sequence (use_cache=False)
+        computed, seen = hidden.shape[1], record.context_positions
+        if attention_mask is not None:
+            total = attention_mask.shape[1]
+        else:
+            total = computed if computed > seen else seen + computed
+        new = min(computed, total - seen)
+        if new <= 0:
+            return
+        mask = None if attention_mask is None else attention_mask[:, -new:]
         with torch.no_grad():
-            context, record.context_state = running_context(hidden, attention_mask, record.context_state)
-        record.context = context[:, -1]
+            context, record.context_state = running_context(hidden[:, -new:], mask, record.context_state)
+        record.context, record.context_positions = context[:, -1], total
 
     def callback(hidden: torch.Tensor, logits: torch.Tensor) -> None:
         with torch.no_grad():

@@ -51,18 +51,17 @@ def decoder(model: nn.Module) -> nn.Module:
 def on_decoder_output(
     model: nn.Module, callback: Callable[[torch.Tensor, torch.Tensor | None], None]
 ) -> Iterator[None]:
-    """Call ``callback(last_hidden_state [B, L, H], attention_mask [B, L] or None)`` after every decoder forward.
+    """Call ``callback(last_hidden_state [B, L, H], attention_mask [B, T] or None)`` after every decoder forward.
 
-    The attention mask is the decoder's 2D ``attention_mask`` argument cut to the ``L`` new positions
-    (None when it got none or a non-2D mask). Unlike the lm_head, the decoder sees every prompt
-    position during generation's prefill.
+    ``L`` is the positions this forward computed, ``T >= L`` the positions the 2D ``attention_mask``
+    argument covers (with a KV cache: every position so far); None when the decoder got no 2D mask.
+    Unlike the lm_head, the decoder sees every prompt position during generation's prefill.
     """
 
     def hook(_module, _args, kwargs, output):
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
         mask = kwargs.get("attention_mask")
-        mask = mask[:, -hidden.shape[1] :] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        callback(hidden, mask)
+        callback(hidden, mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None)
 
     handle = decoder(model).register_forward_hook(hook, with_kwargs=True)
     try:

@@ -70,15 +70,17 @@ def test_greedy_stays_greedy(tiny, chat_batch):
     assert torch.equal(model.generate(**chat_batch, max_new_tokens=25), base.generate(**chat_batch, max_new_tokens=25))
 
 
-@pytest.mark.parametrize("context_features", [False, True])
-def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch, context_features):
+@pytest.mark.parametrize(
+    ("context_features", "use_cache"), [(False, True), (True, True), (True, False)], ids=["autodeco", "context", "context-no-kv-cache"]
+)
+def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch, context_features, use_cache):
     base, tokenizer = tiny
     model = AutoDecoModel(base, HeadsConfig(hidden_size=base.config.hidden_size, context_features=context_features))
     with torch.no_grad():
         for p in model.heads.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     torch.manual_seed(0)
-    trace = model.generate_with_trace(**chat_batch, do_sample=True, max_new_tokens=20)
+    trace = model.generate_with_trace(**chat_batch, do_sample=True, max_new_tokens=20, use_cache=use_cache)
     batch, prompt_length = chat_batch["input_ids"].shape
     assert trace.prompt_length == prompt_length
     assert trace.temperature.shape == trace.top_p.shape == trace.mask.shape == (batch, trace.generated.shape[1])
