@@ -9,16 +9,17 @@ import torch
 from torch import nn
 
 
-def output_embeddings(model: nn.Module) -> nn.Module:
-    """The module that maps the last hidden state to logits (``lm_head``)."""
-    getter = getattr(model, "get_output_embeddings", None)
+def _submodule(model: nn.Module, getter_name: str, need: str) -> nn.Module:
+    getter = getattr(model, getter_name, None)
     module = getter() if callable(getter) else None
     if module is None:
-        raise ValueError(
-            f"{type(model).__name__} has no output embeddings (get_output_embeddings() returned None); "
-            "steerdeco needs a causal LM with an lm_head"
-        )
+        raise ValueError(f"{type(model).__name__}.{getter_name}() returned no module; {need}")
     return module
+
+
+def output_embeddings(model: nn.Module) -> nn.Module:
+    """The module that maps the last hidden state to logits (``lm_head``)."""
+    return _submodule(model, "get_output_embeddings", "steerdeco needs a causal LM with an lm_head")
 
 
 @contextlib.contextmanager
@@ -37,14 +38,9 @@ def on_lm_head(model: nn.Module, callback: Callable[[torch.Tensor, torch.Tensor]
 
 def decoder(model: nn.Module) -> nn.Module:
     """The base model's decoder stack (``get_decoder()``), whose output is the last hidden state of every position."""
-    getter = getattr(model, "get_decoder", None)
-    module = getter() if callable(getter) else None
-    if module is None:
-        raise ValueError(
-            f"{type(model).__name__} has no decoder (get_decoder() returned None); heads with context_features "
-            "need a causal LM whose decoder returns the last hidden state"
-        )
-    return module
+    return _submodule(
+        model, "get_decoder", "heads with context_features need a causal LM whose decoder returns the last hidden state"
+    )
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ from transformers import LogitsProcessor
 from steerdeco import AutoDecoModel, DynamicTemperatureTopP, HeadsConfig
 from steerdeco.chat import response_parameters
 from steerdeco.decoding import _StepRecord, generated_mask, top_p_filter
+from steerdeco.hooks import decoder, output_embeddings
 from steerdeco.losses import IGNORE_INDEX
 
 
@@ -140,3 +141,11 @@ def test_top_p_filter_keeps_at_least_one_token():
     scores = torch.tensor([[10.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     out = top_p_filter(scores, torch.tensor([0.01, 0.5]))
     assert torch.isfinite(out).sum(1).tolist() == [1, 2]
+
+
+def test_models_without_an_lm_head_or_decoder_are_refused_by_name():
+    plain = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"Linear.get_output_embeddings\(\) returned no module; .*lm_head"):
+        output_embeddings(plain)
+    with pytest.raises(ValueError, match=r"Linear.get_decoder\(\) returned no module; heads with context_features"):
+        decoder(plain)
