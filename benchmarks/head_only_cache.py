@@ -41,13 +41,12 @@ def main(args: argparse.Namespace) -> float:
     else:
         rows = select_split(synthetic_control_rows(num_prompts=12, num_eval_prompts=0, response_repeats=2), "train")
     base, tokenizer = load_embedded_model()
-    defaults = SteeringConfig(output_dir=tempfile.gettempdir())  # the heads the steering configs train
-    model = AutoDecoModel(
+    model = AutoDecoModel(  # the heads the steering configs train (SteeringConfig's defaults)
         base,
         HeadsConfig(
             hidden_size=base.config.hidden_size,
-            mlp_width=defaults.heads_mlp_width,
-            context_features=defaults.heads_context_features,
+            mlp_width=SteeringConfig.heads_mlp_width,
+            context_features=SteeringConfig.heads_context_features,
         ),
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -72,7 +72,7 @@ def running_context(
         ``(context [B, L, H] float32, state after the last position)``. A padding position gets the
         mean of the real positions before it (0 when there is none).
     """
-    weights = hidden.new_ones(hidden.shape[:2]) if attention_mask is None else attention_mask.to(hidden.dtype)
+    weights = hidden.new_ones(hidden.shape[:2]) if attention_mask is None else attention_mask
     weights = weights.float().unsqueeze(-1)
     sums = (hidden.float() * weights).cumsum(1)
     counts = weights.cumsum(1)
@@ -158,9 +158,7 @@ class AutoDecoHeads(nn.Module):
         counts: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = self.temperature_head.mlp[0].weight.dtype
-        hidden = hidden.to(dtype)
-        context = None if context is None else context.to(dtype)
+        hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)  # _head_input casts the context to it
         temperature = self.temperature_head(hidden, context)
         features = None
         if self.top_p_head.use_features:
