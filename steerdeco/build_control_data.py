@@ -53,6 +53,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     )
     group.add_argument("--commands", metavar="FILE", help="command library (YAML or JSON, schema in docs/control_data.md; "
                        "default: control_data/commands.yaml)")
+    group.add_argument("--phrasings", metavar="FILE",
+                       help="phrasing grammar whose wordings join the library (YAML or JSON, schema in the header of "
+                       "control_data/phrasings.yaml); 'builtin': that file, 'none': hand-written phrasings only (default: builtin)")
     group.add_argument("--max-prompts", type=int, metavar="N", help="use a seeded random subset of at most N prompts (default: all)")
 
     group = parser.add_argument_group("variants")
@@ -65,14 +68,20 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
                        help=f"commands per direction and level in each group, per phrasing split on eval prompts (default: {defaults.commands_per_level})")
     group.add_argument("--placebos", type=int, metavar="N",
                        help=f"placebo commands per group, per phrasing split on eval prompts (default: {defaults.placebos})")
+    group.add_argument("--named-per-group", type=int, metavar="N",
+                       help="commands naming a temperature or top-p value (alternately) per group, per phrasing split on "
+                       f"eval prompts, written by the phrasing grammar (default: {defaults.named_per_group})")
 
     group = parser.add_argument_group("responses")
     group.add_argument("--responses", choices=RESPONSE_MODES,
-                       help="the shared response of each group: the prompts' 'completion' (given), greedy output of the base model "
+                       help="the shared response of each group: the prompts' 'completion' (given), output of the base model "
                        f"(generate) or none (default: {defaults.responses})")
     group.add_argument("--model", metavar="NAME",
                        help=f"generation model: 'embedded' (SmolLM2-135M-Instruct, offline) or a local HF model folder (default: {defaults.model})")
     group.add_argument("--max-new-tokens", type=int, metavar="N", help=f"response length limit for generation (default: {defaults.max_new_tokens})")
+    group.add_argument("--response-temperature", type=float, metavar="T",
+                       help="generate: sample each response at this temperature (no top-k/top-p), seeded per prompt; "
+                       f"0 decodes greedily (default: {defaults.response_temperature})")
     group.add_argument("--batch-size", type=int, metavar="N", help=f"prompts per generation batch (default: {defaults.batch_size})")
     group.add_argument("--work-dir", metavar="DIR",
                        help="folder of the resumable response cache (default: <out>.work next to the output folder)")

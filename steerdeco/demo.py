@@ -2,8 +2,9 @@
 
 ``python -m steerdeco.demo`` runs, with progress bars:
 
-1. **control data**: a seeded subset of the project's prompts under low / high / placebo commands,
-   each group sharing one response generated greedily by the base model
+1. **control data**: the project's prompts under low / high / placebo commands worded by the
+   command library and its phrasing grammar, plus commands that name a temperature or top-p value,
+   each group sharing one response sampled from the base model at T = 1
    (:func:`steerdeco.control.build_control_data`);
 2. **training**: ``configs/demo.yaml`` (head-only AutoDeco + steering objective, from a cache of the
    frozen backbone) through :func:`steerdeco.train.main`;
@@ -61,6 +62,18 @@ def make_parser() -> argparse.ArgumentParser:
         default=8,
         help="held-out prompts that also generate their own text under every command (default 8; 0: skip)",
     )
+    parser.add_argument(
+        "--response-temperature",
+        type=float,
+        default=1.0,
+        help="the shared responses are samples of the base model at this temperature (default 1.0; 0: greedy)",
+    )
+    parser.add_argument(
+        "--named-per-group",
+        type=int,
+        default=2,
+        help="commands naming a temperature or top-p value per prompt (per phrasing split on held-out prompts; default 2)",
+    )
     parser.add_argument("--seeds", default="0,1", help="sampling seeds of the free-running protocol (default 0,1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data build, training and bootstrap (default 0)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
@@ -72,6 +85,10 @@ def _check_args(args: argparse.Namespace) -> list[int]:
     for name in ("max_prompts", "response_tokens", "n_boot"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.named_per_group < 0:
+        raise SystemExit(f"--named-per-group must be >= 0, got {args.named_per_group}")
+    if not args.response_temperature >= 0:
+        raise SystemExit(f"--response-temperature must be >= 0 (0: greedy), got {args.response_temperature}")
     if args.free_running_groups < 0:
         raise SystemExit(f"--free-running-groups must be >= 0, got {args.free_running_groups}")
     try:
@@ -135,9 +152,11 @@ def main(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     logger.info("demo run folder: %s", folder)
 
-    started = time.perf_counter()
-    base, tokenizer = load_embedded_model()
     data = folder / "control_data"
+    config = training_config(args, data, folder)
+    started = time.perf_counter()
+    base, tokenizer = load_embedded_model(dtype=config.backbone_torch_dtype)
+    logger.info("base model in %s", config.backbone_torch_dtype)
     build_control_data(
         BuildConfig(
             out=str(data),
@@ -145,6 +164,8 @@ def main(args: argparse.Namespace) -> int:
             responses="generate",
             max_prompts=args.max_prompts,
             max_new_tokens=args.response_tokens,
+            response_temperature=args.response_temperature,
+            named_per_group=args.named_per_group,
             batch_size=16,
             work_dir=str(Path(args.cache_dir) / "responses"),
             progress=args.progress,
@@ -155,7 +176,6 @@ def main(args: argparse.Namespace) -> int:
     timings["control data"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    config = training_config(args, data, folder)
     train(config)
     timings["training"] = time.perf_counter() - started
 

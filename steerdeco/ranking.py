@@ -13,6 +13,10 @@ together.
   the no-command values of their group.
 * :func:`absolute_target_loss` regresses rows with an absolute target (``"temperature 0.3"``, ``"no
   randomness"`` -> 0.0) toward it.
+* :func:`relative_target_loss` regresses each commanded row toward its group's no-command values
+  shifted by a per-row offset: with log T and the offset ``log(ratio of the row's level)``, "level-2
+  low" means "T times 0.4" on every token, whatever the wording. The regression gives graded effects
+  of a chosen size and makes every wording of one level predict the same T.
 
 Shapes: ``R`` rows (variants, all groups of a batch flattened), ``N`` response positions (padded;
 ``mask`` marks the real ones). Every loss is a scalar that is exactly 0 (and still backpropagates)
@@ -26,18 +30,21 @@ import math
 import torch
 
 REDUCTIONS = ("token", "sequence")
-VARIANTS = ("none", "low", "high", "placebo")
+VARIANTS = ("none", "low", "high", "placebo", "named")
 
 
 def signed_level(variant: str, level: int) -> float:
-    """Position of a variant on the randomness scale: low k -> -k, none -> 0, high k -> +k, placebo -> NaN.
+    """Position of a variant on the randomness scale: low k -> -k, none -> 0, high k -> +k, placebo/named -> NaN.
+
+    A ``named`` command names a value ("temperature 0.3"), whose place against no command depends on
+    the prompt; it takes part in no ranking.
 
     Raises:
         ValueError: an unknown variant, or a low/high variant with a level below 1.
     """
     if variant == "none":
         return 0.0
-    if variant == "placebo":
+    if variant in ("placebo", "named"):
         return math.nan
     if variant not in ("low", "high"):
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
@@ -213,3 +220,60 @@ def absolute_target_loss(
     if not bool(valid.any()):
         return _zero(values)
     return per_row[valid].mean()
+
+
+def relative_target_loss(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    groups: torch.Tensor,
+    is_reference: torch.Tensor,
+    offsets: torch.Tensor,
+    reduction: str = "token",
+) -> torch.Tensor:
+    """``(v - (v_none + offset))^2``: commanded rows sit at a set distance from their group's no-command rows.
+
+    Args:
+        values, mask: ``[R, N]`` as in :func:`pairwise_ranking_loss`, already in the space the offsets
+            are meant in (e.g. log T, so that an offset is a log ratio).
+        groups: ``[R]`` group ids.
+        is_reference: ``[R]`` bool, the no-command rows (several per group are averaged); the reference
+            is detached, so only the commanded rows move.
+        offsets: ``[R]`` float offset per row; NaN for rows without a target (no-command, placebo, ...).
+        reduction: ``"token"`` (every position toward its reference position) or ``"sequence"`` (the row
+            mean toward the reference mean).
+
+    Returns:
+        Mean over rows with an offset, a reference and at least one position; 0 if there is none.
+    """
+    _check(values, mask, groups, is_reference, offsets)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    rows = ~torch.isnan(offsets)
+    is_reference = is_reference.bool()
+    if not bool(rows.any()) or not bool(is_reference.any()):
+        return _zero(values)
+    reference, has_reference = _group_reference(values, mask, groups, is_reference)
+    reference = reference.detach()[rows]
+    offset = offsets[rows].to(values.dtype).unsqueeze(-1)
+    own_mask = mask[rows] & has_reference[rows]
+    if reduction == "sequence":
+        target, valid = _masked_row_mean(reference, own_mask)
+        per_row = (sequence_means(values[rows], own_mask) - (target + offset.squeeze(-1))).square()
+    else:
+        per_row, valid = _masked_row_mean((values[rows] - (reference + offset)).square(), own_mask)
+    if not bool(valid.any()):
+        return _zero(values)
+    return per_row[valid].mean()
+
+
+def level_offsets(levels: torch.Tensor, low_ratios, high_ratios) -> torch.Tensor:
+    """``[R]`` log ratio each row's level asks for: low k -> ``log(low_ratios[k-1])``, high k ->
+    ``log(high_ratios[k-1])``; NaN for no-command, placebo and named rows and for levels beyond the lists.
+
+    levels: ``[R]`` signed levels (:func:`signed_level`).
+    """
+    offsets = torch.full(levels.shape, math.nan, dtype=torch.float32, device=levels.device)
+    for sign, ratios in ((-1, low_ratios), (1, high_ratios)):
+        for k, ratio in enumerate(ratios, 1):
+            offsets[levels == sign * k] = math.log(ratio)
+    return offsets

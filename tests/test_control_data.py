@@ -32,6 +32,7 @@ from steerdeco.control import (
 )
 from steerdeco.control import output as output_module
 from steerdeco.control import prompts as prompts_module
+from steerdeco.control.build import load_library
 from steerdeco.control.prompts import load_builtin_prompts
 from steerdeco.control.responses import read_cache
 from steerdeco.testing import tiny_model_and_tokenizer
@@ -412,7 +413,7 @@ def test_chat_prompts_keep_their_conversation(tmp_path):
 
 def test_default_build_rows_and_splits(default_build):
     rows, summary = default_build.rows, default_build.summary
-    library = load_commands()
+    library, _ = load_library(BuildConfig())
     groups = by_group(rows)
     assert len(groups) == summary["groups"] >= 300
     splits = {g: {r["split"] for r in members} for g, members in groups.items()}
@@ -632,7 +633,8 @@ def test_empty_generated_responses_drop_their_prompts(tmp_path, tiny):
     model, tokenizer = tiny  # tied embeddings: answers only whitespace
     with pytest.raises(ControlDataError, match="every generated response was empty"):
         build_control_data(BuildConfig(out=str(tmp_path / "out"), prompts=[str(small_prompts(tmp_path / "p.jsonl", 3))],
-                                       responses="generate", max_new_tokens=3, progress=False), model=model, tokenizer=tokenizer)
+                                       responses="generate", response_temperature=0.0, max_new_tokens=3, progress=False),
+                           model=model, tokenizer=tokenizer)
     assert not (tmp_path / "out").exists()
 
 
@@ -644,6 +646,34 @@ def test_greedy_generation_is_batched_deterministic_and_matches_single_prompts(t
     single = {pid: greedy_generate(model, tokenizer, [messages], max_new_tokens=5)[0] for pid, messages in conversations}
     assert batched == single and all(batched.values())
     assert tokenizer.padding_side == "left"
+
+
+def test_sampled_responses_do_not_depend_on_the_batch_and_follow_the_seed(talker):
+    model, tokenizer = talker
+    conversations = [(f"p{i}", [{"role": "user", "content": text}]) for i, text in
+                     enumerate(["hello there", "Write a short poem about the sea at night, please.", "Name a fruit."])]
+    options = dict(max_new_tokens=8, temperature=1.0, seed=3, progress=False)
+    batched = generate_responses(model, tokenizer, conversations, batch_size=3, **options)
+    alone = {pid: generate_responses(model, tokenizer, [(pid, m)], batch_size=1, **options)[pid] for pid, m in conversations}
+    assert batched == alone  # a prompt's sample depends on (seed, prompt id) only: resumed builds match
+    greedy = generate_responses(model, tokenizer, conversations, batch_size=3, max_new_tokens=8, progress=False)
+    other_seed = generate_responses(model, tokenizer, conversations, batch_size=3, **{**options, "seed": 4})
+    assert batched != greedy and batched != other_seed
+
+
+def test_gumbel_noise_samples_the_tempered_distribution():
+    import torch
+
+    from steerdeco.control.responses import PromptGumbelNoise
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    for temperature in (0.5, 2.0):
+        noise = PromptGumbelNoise(temperature, [11])
+        picks = torch.stack([noise(None, logits).argmax(-1) for _ in range(4000)]).flatten()
+        frequency = torch.bincount(picks, minlength=4).float() / len(picks)
+        torch.testing.assert_close(frequency, torch.softmax(logits[0] / temperature, -1), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="strictly positive"):
+        PromptGumbelNoise(0.0, [1])
 
 
 def test_cache_ignores_a_torn_last_line_and_rejects_garbage(tmp_path):

@@ -5,9 +5,11 @@ import torch
 
 from steerdeco.ranking import (
     absolute_target_loss,
+    level_offsets,
     pairwise_ranking_loss,
     placebo_loss,
     ranking_pairs,
+    relative_target_loss,
     sequence_means,
     signed_level,
 )
@@ -189,3 +191,34 @@ def test_absolute_targets_regress_toward_the_target(reduction):
 def test_sequence_means_ignore_padding():
     values, mask = rows([1.0, 3.0], [5.0])
     torch.testing.assert_close(sequence_means(values.detach(), mask), torch.tensor([2.0, 5.0]))
+
+
+# -- relative (level-ratio) targets ---------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_relative_targets_pull_commanded_rows_to_a_set_distance_from_no_command(reduction):
+    # group 0: none at 1.0, a low row at 1.0 asked for -0.5, a placebo (no offset); group 1: a high row, no none
+    values, mask = rows([1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [0.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 1])
+    is_none = torch.tensor([True, False, False, False])
+    offsets = torch.tensor([NAN, -0.5, NAN, 0.5])
+    loss = relative_target_loss(values, mask, groups, is_none, offsets, reduction=reduction)
+    assert loss.item() == pytest.approx(0.25)  # only the low row has a reference: (1 - (1 - 0.5))^2
+    loss.backward()
+    assert (values.grad[1] > 0).all()  # descent lowers the low row
+    assert torch.count_nonzero(values.grad[0]) == 0  # the reference is detached
+    assert torch.count_nonzero(values.grad[2]) == 0 and torch.count_nonzero(values.grad[3]) == 0
+
+
+def test_relative_targets_are_an_exact_zero_without_offsets():
+    values, mask = rows([1.0], [2.0])
+    loss = relative_target_loss(values, mask, torch.tensor([0, 0]), torch.tensor([True, False]), torch.tensor([NAN, NAN]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert values.grad is not None
+
+
+def test_level_offsets_are_log_ratios_by_signed_level():
+    levels = torch.tensor([-3.0, -1.0, 0.0, 2.0, NAN, 4.0])
+    offsets = level_offsets(levels, [0.7, 0.4, 0.1], [1.3, 1.6, 2.0])
+    expected = torch.tensor([math.log(0.1), math.log(0.7), NAN, math.log(1.6), NAN, NAN])
+    torch.testing.assert_close(offsets, expected, equal_nan=True)

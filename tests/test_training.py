@@ -261,6 +261,39 @@ def test_head_only_training_orders_the_commanded_temperature(tmp_path, train_row
     assert report["by_command_split"]["train"]["temperature_ordered"] > report_before["by_command_split"]["train"]["temperature_ordered"]
 
 
+def test_level_ratio_and_named_value_terms_move_t_and_p_where_the_command_says(tmp_path):
+    rows = select_split(synthetic_control_rows(num_prompts=8, num_eval_prompts=2), "train")
+    args = config(tmp_path, max_steps=200, learning_rate=1e-2, per_device_train_batch_size=3, logging_steps=20,
+                  temperature_ranking_weight=0.0, top_p_ranking_weight=0.0, placebo_weight=0.0,  # the new terms alone
+                  temperature_ratio_weight=1.0, absolute_weight=1.0, top_p_absolute_weight=1.0, heads_max_temperature=8.0)
+    trainer = SteeringTrainer(args=args, train_dataset=rows)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "ratio_temperature_loss" in h and "loss" in h]
+    assert logs[-1]["ratio_temperature_loss"] < logs[0]["ratio_temperature_loss"]
+    assert logs[-1]["absolute_top_p_loss"] < logs[0]["absolute_top_p_loss"]
+    report = evaluate_ordering(trainer.autodeco_model, trainer.processing_class, rows)
+    by_command = {}
+    for record in report["rows"]:
+        by_command.setdefault(record.get("command_id") or "none", []).append((record["temperature"], record["top_p"]))
+    mean = {k: [sum(v[i] for v in values) / len(values) for i in (0, 1)] for k, values in by_command.items()}
+    none_t = mean["none"][0]
+    assert math.log(mean["low-2-a"][0] / none_t) < math.log(0.6)  # asked: x 0.4
+    assert math.log(mean["high-2-a"][0] / none_t) > math.log(1.1)  # asked: x 1.6
+    assert abs(mean["named-t"][0] - 1.6) < 0.3 and abs(mean["named-p"][1] - 0.3) < 0.15  # from T 4, P 0.9
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_head_only_training_leaves_every_backbone_weight_bit_identical(tmp_path, train_rows, cache):
+    trainer = SteeringTrainer(args=config(tmp_path, max_steps=4, backbone_cache=cache), train_dataset=train_rows)
+    base = trainer.autodeco_model.base_model
+    before = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    heads_before = heads_state(trainer.autodeco_model)
+    trainer.train()
+    after = base.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(heads_before[k], v) for k, v in heads_state(trainer.autodeco_model).items())
+
+
 def test_context_heads_trained_from_the_cache_order_held_out_prompts(tmp_path):
     rows = synthetic_control_rows(num_prompts=12, num_eval_prompts=4)
     args = config(tmp_path, max_steps=60, learning_rate=1e-2, heads_context_features=True, heads_mlp_width=64)

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .commands import load_commands
+from .commands import CommandLibrary, load_commands
 from .errors import ControlDataError
 from .insertion import PLACEMENT_MODES
 from .output import check_output_dir, log_summary, summarize, write_output
+from .phrasings import PhrasingGrammar, load_grammar
 from .prompts import Prompt, load_prompts
 from .responses import CACHE_FILE, RESPONSE_MODES, generate_responses, load_model
 from .variants import assign_splits, plan_rows, select_prompts
@@ -46,8 +47,11 @@ class BuildConfig:
     eval_fraction: float = 0.2
     commands_per_level: int = 1
     placebos: int = 1
+    phrasings: str | None = None
+    named_per_group: int = 0
     model: str = "embedded"
     max_new_tokens: int = 96
+    response_temperature: float = 1.0
     batch_size: int = 8
     work_dir: str | None = None
     progress: bool = True
@@ -57,14 +61,14 @@ class BuildConfig:
             self.prompts = [self.prompts]
         if not isinstance(self.prompts, list) or not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
             raise ControlDataError(f"--prompts must be one or more file paths or builtin/mtbench/gsm8k, got {self.prompts!r}")
-        for name in ("commands", "work_dir"):
+        for name in ("commands", "work_dir", "phrasings"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, Path)):
                 raise ControlDataError(f"{option_name(name)} must be a path, got {value!r}")
         for name in ("out", "model"):
             if not isinstance(getattr(self, name), (str, Path)) or not str(getattr(self, name)):
                 raise ControlDataError(f"{option_name(name)} must be a non-empty string, got {getattr(self, name)!r}")
-        for name, minimum in (("seed", 0), ("commands_per_level", 1), ("placebos", 0), ("max_new_tokens", 1), ("batch_size", 1)):
+        for name, minimum in (("seed", 0), ("commands_per_level", 1), ("placebos", 0), ("named_per_group", 0), ("max_new_tokens", 1), ("batch_size", 1)):
             self._check_int(name, minimum)
         if self.max_prompts is not None:
             self._check_int("max_prompts", 1)
@@ -79,6 +83,10 @@ class BuildConfig:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction) or not 0 <= fraction < 1:
             raise ControlDataError(f"--eval-fraction must be a number in [0, 1), got {fraction!r}")
         self.eval_fraction = float(fraction)
+        temperature = self.response_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+            raise ControlDataError(f"--response-temperature must be a number >= 0 (0: greedy), got {temperature!r}")
+        self.response_temperature = float(temperature)
 
     def _check_int(self, name: str, minimum: int) -> None:
         value = getattr(self, name)
@@ -88,6 +96,13 @@ class BuildConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    def resolved_phrasings(self) -> str | None:
+        """The phrasing grammar to use: ``builtin``, a path, or None (none). Unset: the builtin grammar with the
+        builtin library, none with a library of the user's own."""
+        if self.phrasings is None:
+            return "builtin" if self.commands is None else None
+        return None if str(self.phrasings) == "none" else str(self.phrasings)
 
     def resolved_work_dir(self) -> Path:
         """``work_dir``, else ``<out>.work`` next to the output folder."""
@@ -102,9 +117,10 @@ class BuildConfig:
         for name in ("out", "overwrite", "work_dir", "progress"):
             keep.pop(name)
         if self.responses != "generate":
-            for name in ("model", "max_new_tokens", "batch_size"):
+            for name in ("model", "max_new_tokens", "response_temperature", "batch_size"):
                 keep.pop(name)
         keep["commands"] = "builtin" if self.commands is None else str(self.commands)
+        keep["phrasings"] = self.resolved_phrasings() or "none"
         return keep
 
 
@@ -134,18 +150,31 @@ def _responses(
         logger.info("loading the generation model %r", config.model)
         model, tokenizer = load_model(config.model)
     work = config.resolved_work_dir()
-    logger.info("generating responses (greedy, max %d new tokens); cache %s", config.max_new_tokens, work / CACHE_FILE)
+    decoding = "greedy" if config.response_temperature == 0 else f"sampled at T={config.response_temperature:g}"
+    logger.info("generating responses (%s, max %d new tokens); cache %s", decoding, config.max_new_tokens, work / CACHE_FILE)
     return generate_responses(
         model,
         tokenizer,
         [(p.id, p.conversation()) for p in prompts],
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
+        temperature=config.response_temperature,
+        seed=config.seed,
         cache_file=work / CACHE_FILE,
         settings={"model": str(config.model)},
         progress=config.progress,
         on_batch=on_batch,
     )
+
+
+def load_library(config: BuildConfig) -> tuple[CommandLibrary, PhrasingGrammar | None]:
+    """The command library of a build, with the phrasing grammar's wordings added, and the grammar (or None)."""
+    library = load_commands(config.commands)
+    phrasings = config.resolved_phrasings()
+    if phrasings is None:
+        return library, None
+    grammar = load_grammar(None if phrasings == "builtin" else phrasings)
+    return library.with_commands(grammar.commands(), grammar.source), grammar
 
 
 def build_control_data(
@@ -171,7 +200,7 @@ def build_control_data(
     if (model is None) != (tokenizer is None):
         raise ControlDataError("pass both model and tokenizer, or neither")
     check_output_dir(config.out, config.overwrite)
-    library = load_commands(config.commands)
+    library, grammar = load_library(config)
     prompts = load_prompts(config.prompts)
     prompts = select_prompts(prompts, config.max_prompts, config.seed)
     logger.info("%d prompts from %s; %d commands from %s", len(prompts), ", ".join(config.prompts), len(library), library.source)
@@ -194,6 +223,8 @@ def build_control_data(
         commands_per_level=config.commands_per_level,
         placebos=config.placebos,
         responses=responses,
+        grammar=grammar,
+        named_per_group=config.named_per_group,
     )
     summary = summarize(rows, dropped=dropped, settings=config.recorded())
     out = write_output(rows, summary, config.out, overwrite=config.overwrite)

@@ -58,11 +58,12 @@ class Command:
     target_temperature: float | None = None
     note: str | None = None
     line: int | None = None
+    target_top_p: float | None = None
 
     @property
     def absolute(self) -> bool:
-        """True for commands that name a target temperature ("temperature 0.3", "no randomness")."""
-        return self.target_temperature is not None
+        """True for commands that name a target value ("temperature 0.3", "no randomness", "top-p 0.5")."""
+        return self.target_temperature is not None or self.target_top_p is not None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,31 @@ class CommandLibrary:
     def levels(self, direction: str) -> list[int]:
         """The sorted intensity levels present for ``direction`` (``[0]`` for placebo, if any)."""
         return sorted({c.level for c in self.select(direction=direction)})
+
+    def with_commands(self, extra: list[Command], source: str) -> CommandLibrary:
+        """This library plus ``extra`` commands (e.g. a phrasing grammar's); ids and texts must stay unique.
+
+        Raises:
+            ControlDataError: an extra command repeats an id or a text (the message names both).
+        """
+        ids = {c.id: c for c in self.commands}
+        texts = {_normalised(c.text): c for c in self.commands}
+        added = []
+        for command in extra:
+            if command.id in ids:
+                raise ControlDataError(f"{source}: command id {command.id!r} is already used in {self.source}")
+            key = _normalised(command.text)
+            if key in texts:
+                if texts[key].direction != command.direction or texts[key].level != command.level:
+                    other = texts[key]
+                    raise ControlDataError(
+                        f"{source}: {command.text!r} ({command.direction} {command.level}) is also {other.id!r} "
+                        f"({other.direction} {other.level}) in {self.source}"
+                    )
+                continue  # the same wording at the same level: keep the first
+            ids[command.id] = texts[key] = command
+            added.append(command)
+        return CommandLibrary(self.commands + tuple(added), f"{self.source} + {source}")
 
     def by_id(self, command_id: str) -> Command:
         for command in self.commands:
@@ -133,13 +159,14 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: Path) -> object:
+def read_command_file(path: Path, flag: str = "--commands") -> object:
+    """The data of a YAML or JSON file read for ``flag``, duplicate keys refused (lines in the errors)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ControlDataError(f"command file {path} does not exist (--commands)") from None
+        raise ControlDataError(f"file {path} does not exist ({flag})") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ControlDataError(f"command file {path} cannot be read: {error}") from error
+        raise ControlDataError(f"file {path} cannot be read ({flag}): {error}") from error
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
@@ -166,7 +193,7 @@ def load_commands(path: str | Path | None = None) -> CommandLibrary:
             the file, the line and the command).
     """
     path = default_commands_path() if path is None else Path(path)
-    data = _read_yaml(path)
+    data = read_command_file(path)
     library = parse_commands(data, source=str(path))
     logger.debug("loaded %d commands from %s", len(library), path)
     return library

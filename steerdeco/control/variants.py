@@ -2,9 +2,11 @@
 
 Every prompt is one *group*: one ``none`` row (no command), then for each graded direction
 (``low``, ``high``) and each of its levels ``commands_per_level`` commands, then ``placebos``
-placebo commands. Train prompts draw only ``train`` phrasings; eval prompts draw that whole set
-once from the ``train`` phrasings and once from the ``heldout`` ones. All rows of a group share the
-prompt's response.
+placebo commands, then ``named_per_group`` commands that name a value (variant ``named``: a
+temperature, then a top-p, alternately; values from the phrasing grammar's ``train_values`` on train
+prompts and ``eval_values`` on eval prompts). Train prompts draw only ``train`` phrasings; eval
+prompts draw that whole set once from the ``train`` phrasings and once from the ``heldout`` ones.
+All rows of a group share the prompt's response.
 
 Commands are dealt from shuffled decks (one per prompt split, direction, level and phrasing
 split) so that every phrasing is used about equally often; placements (``--placement sample``)
@@ -22,12 +24,13 @@ from collections.abc import Mapping, Sequence
 from .commands import COMMAND_SPLITS, GRADED_DIRECTIONS, Command, CommandLibrary
 from .errors import ControlDataError
 from .insertion import choose_placement, insert_command
+from .phrasings import NAMED_QUANTITIES, PhrasingGrammar
 from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
 
 PROMPT_SPLITS = ("train", "eval")
-VARIANTS = ("none", "low", "high", "placebo")
+VARIANTS = ("none", "low", "high", "placebo", "named")
 COLUMNS = (
     "group_id",
     "prompt_id",
@@ -40,6 +43,7 @@ COLUMNS = (
     "command_split",
     "command",
     "target_temperature",
+    "target_top_p",
     "placement",
     "messages",
     "response",
@@ -128,6 +132,7 @@ def _row(prompt: Prompt, split: str, response: str | None, command: Command | No
         "command_split": None if command is None else command.split,
         "command": None if command is None else command.text,
         "target_temperature": None if command is None else command.target_temperature,
+        "target_top_p": None if command is None else command.target_top_p,
         "placement": placement,
         "messages": messages,
         "response": response,
@@ -144,6 +149,8 @@ def plan_rows(
     commands_per_level: int = 1,
     placebos: int = 1,
     responses: Mapping[str, str | None] | None = None,
+    grammar: PhrasingGrammar | None = None,
+    named_per_group: int = 0,
 ) -> list[dict]:
     """Rows (dicts with :data:`COLUMNS`) for every prompt, grouped, in prompt order.
 
@@ -157,11 +164,17 @@ def plan_rows(
             prompts); capped by the number of phrasings available.
         placebos: placebo commands per group (per phrasing split on eval prompts).
         responses: ``{prompt id: response}``; missing ids get ``None``.
+        grammar: writes the ``named`` commands (needed when ``named_per_group > 0``).
+        named_per_group: commands naming a value per group (per phrasing split on eval prompts).
     """
     if commands_per_level < 1:
         raise ControlDataError(f"--commands-per-level must be at least 1, got {commands_per_level}")
     if placebos < 0:
         raise ControlDataError(f"--placebos must be at least 0, got {placebos}")
+    if named_per_group < 0:
+        raise ControlDataError(f"--named-per-group must be at least 0, got {named_per_group}")
+    if named_per_group and (grammar is None or not all(q in grammar.named for q in NAMED_QUANTITIES)):
+        raise ControlDataError("--named-per-group needs a phrasing grammar with named temperature and top_p frames (--phrasings)")
     choose_placement(placement, random.Random(0))  # validates the mode
     responses = responses or {}
     decks: dict[tuple, _Deck] = {}
@@ -189,6 +202,11 @@ def plan_rows(
                     chosen.extend(deck(split, direction, level, command_split).draw(commands_per_level))
             if placebos:
                 chosen.extend(deck(split, "placebo", 0, command_split).draw(placebos))
+            for number in range(named_per_group):
+                quantity = NAMED_QUANTITIES[number % len(NAMED_QUANTITIES)]
+                named_rng = random.Random(derive_seed(seed, "named", prompt.id, command_split, number))
+                value = named_rng.choice(grammar.values(quantity, split))
+                chosen.append(grammar.named_command(quantity, value, command_split, named_rng))
             for command in chosen:
                 rows.append(_row(prompt, split, response, command, choose_placement(placement, rng)))
     return rows

@@ -96,8 +96,8 @@ def _command_split(row: dict) -> str:
     return NO_SPLIT if value is None or row["variant"] == "none" else str(value)
 
 
-def _target(row: dict) -> float:
-    value = row.get("target_temperature")
+def _target(row: dict, column: str = "target_temperature") -> float:
+    value = row.get(column)
     return math.nan if value is None else float(value)
 
 
@@ -108,7 +108,7 @@ def encode_groups(
 
     Returns ``(groups, examples)``: ``examples[i]`` is ``encode_example`` of one row (in group
     order); each group record holds its rows' ``input_ids``, ``response_start``, ``signed_level``,
-    ``variant``, ``command_split``, ``target_temperature`` (NaN: none) and ``cache_row`` (index of
+    ``variant``, ``command_split``, ``target_temperature``/``target_top_p`` (NaN: none) and ``cache_row`` (index of
     the example, plus ``first_row``), and the shared ``response_length``.
 
     Raises:
@@ -131,6 +131,7 @@ def encode_groups(
             "variant": [],
             "command_split": [],
             "target_temperature": [],
+            "target_top_p": [],
             "cache_row": [],
         }
         response = None
@@ -152,6 +153,7 @@ def encode_groups(
             record["variant"].append(row["variant"])
             record["command_split"].append(_command_split(row))
             record["target_temperature"].append(_target(row))
+            record["target_top_p"].append(_target(row, "target_top_p"))
             record["cache_row"].append(first_row + len(examples))
             examples.append(example)
         record["response_length"] = len(response)
@@ -179,7 +181,7 @@ class SteeringCollator:
     * always: ``response_mask [R, N]`` bool, ``groups [R]`` (index of the group in the batch),
       ``signed_level [R]`` (NaN: placebo), ``variant [R]`` (index in ``steerdeco.ranking.VARIANTS``),
       ``command_split [R]`` (index in ``split_names``, -1 for no-command rows),
-      ``target_temperature [R]`` (NaN: none);
+      ``target_temperature``/``target_top_p [R]`` (NaN: none);
     * without a cache: ``input_ids``/``attention_mask [R, L]``, ``response_positions [R, N]`` (the
       position whose prediction scores response token ``j``: ``response_start - 1 + j``) and
       ``response_targets [R, N]`` (token ``j``);
@@ -195,7 +197,8 @@ class SteeringCollator:
     def __call__(self, groups: list[dict]) -> dict[str, torch.Tensor]:
         if not groups:
             raise ValueError("cannot collate an empty list of groups")
-        lengths, group_index, levels, variants, splits, targets, cache_rows, rows = [], [], [], [], [], [], [], []
+        lengths, group_index, levels, variants, splits, cache_rows, rows = [], [], [], [], [], [], []
+        targets, top_p_targets = [], []
         for g, group in enumerate(groups):
             count = len(group["input_ids"])
             for r in range(count):
@@ -207,6 +210,7 @@ class SteeringCollator:
                 split = group["command_split"][r]
                 splits.append(-1 if split == NO_SPLIT else self.split_codes.get(split, -1))
                 targets.append(group["target_temperature"][r])
+                top_p_targets.append(group.get("target_top_p", [math.nan] * count)[r])
                 cache_rows.append(group["cache_row"][r])
         width = max(lengths)
         response_mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
@@ -217,6 +221,7 @@ class SteeringCollator:
             "variant": torch.tensor(variants),
             "command_split": torch.tensor(splits),
             "target_temperature": torch.tensor(targets, dtype=torch.float32),
+            "target_top_p": torch.tensor(top_p_targets, dtype=torch.float32),
         }
         if self.cache is not None:
             batch.update(self.cache.gather(cache_rows, width))

@@ -21,6 +21,15 @@ TRAIN_HEADS = ("both", "temperature", "top_p")
 AUTODECO_ROWS = ("uncommanded", "all")
 REDUCTIONS = ("token", "sequence")
 RANKING_SPACES = ("linear", "log")
+BACKBONE_DTYPES = ("float32", "bfloat16", "auto")
+
+
+def fast_bf16_available() -> bool:
+    """Whether bf16 matrix products are fast here: a CUDA GPU with bf16, or a CPU with AMX tiles."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def _multi_process_without_accelerator() -> bool:
@@ -49,7 +58,10 @@ class SteeringConfig(SFTConfig):
 
         temperature_loss_weight * autodeco_T + top_p_loss_weight * autodeco_P
         + temperature_ranking_weight * rank_T + top_p_ranking_weight * rank_P
-        + placebo_weight * (placebo_T + placebo_P) + absolute_weight * absolute_T
+        + placebo_weight * (placebo_T + placebo_P)
+        + temperature_ratio_weight * ratio_T            (commanded rows: log T_cmd = log T_none + log ratio(level))
+        + absolute_weight * absolute_T                  (rows naming a temperature X: log T toward log max(X, floor))
+        + top_p_absolute_weight * absolute_P            (rows naming a top-p X: P toward X)
         + lm_loss_weight * lm (lora_joint only)
 
     Terms of a head that is not trained (``train_heads``) are left out.
@@ -149,6 +161,15 @@ class SteeringConfig(SFTConfig):
         },
     )
     logit_bins: int = field(default=64, metadata={"help": "Tail bins of the compressed logits."})
+    backbone_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the frozen or LoRA-wrapped base model: 'float32', 'bfloat16', or 'auto' (bfloat16 "
+            "where bf16 matrix products are fast: a CUDA GPU, or a CPU with AMX; else float32). The heads always "
+            "train in float32; generate with the base model in the same precision.",
+            "choices": list(BACKBONE_DTYPES),
+        },
+    )
 
     # -- heads ----------------------------------------------------------------------------------
     heads_mlp_width: int = field(
@@ -218,10 +239,27 @@ class SteeringConfig(SFTConfig):
         default="log",
         metadata={
             "help": "Compare variants on the values themselves ('linear': a margin is an absolute difference) or on "
-            "their logarithms ('log': a margin is a ratio, log(T_high / T_low) >= margin). 'log' keeps the ranking "
-            "satisfiable when the calibrated T is small (greedy responses) and the graded levels need room below it.",
+            "log T and logit P ('log': a margin on T is a ratio, log(T_high / T_low) >= margin; on P a step in "
+            "log-odds, which leaves room above a P near 1). 'log' keeps the ranking satisfiable when the calibrated T "
+            "is small and the graded levels need room below it.",
             "choices": list(RANKING_SPACES),
         },
+    )
+    temperature_ratio_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the level-ratio term: every low/high row's log T is regressed toward its group's "
+            "no-command log T plus log(ratio of its level) (low_temperature_ratios / high_temperature_ratios), token "
+            "by token. 0: off (ranking only)."
+        },
+    )
+    low_temperature_ratios: list[float] = field(
+        default_factory=lambda: [0.7, 0.4, 0.1],
+        metadata={"help": "T ratio (command / no command) asked of low levels 1, 2, 3, ... by the level-ratio term."},
+    )
+    high_temperature_ratios: list[float] = field(
+        default_factory=lambda: [1.3, 1.6, 2.0],
+        metadata={"help": "T ratio asked of high levels 1, 2, 3, ... by the level-ratio term."},
     )
     placebo_weight: float = field(
         default=0.1,
@@ -233,9 +271,16 @@ class SteeringConfig(SFTConfig):
     absolute_weight: float = field(
         default=0.1,
         metadata={
-            "help": "Weight of (T - target)^2 for commands naming a target temperature. Kept small: its squared "
-            "error dominates the ranking at 1.0."
+            "help": "Weight of (log T - log max(target, absolute_temperature_floor))^2 for commands naming a target "
+            "temperature."
         },
+    )
+    absolute_temperature_floor: float = field(
+        default=0.05,
+        metadata={"help": "A named temperature below this (0: 'no randomness') is asked as this value in log space."},
+    )
+    top_p_absolute_weight: float = field(
+        default=0.0, metadata={"help": "Weight of (P - target)^2 for commands naming a top-p value."}
     )
 
     # -- LoRA-joint mode ------------------------------------------------------------------------
@@ -277,6 +322,13 @@ class SteeringConfig(SFTConfig):
             self.dataset_kwargs["skip_prepare_dataset"] = True
 
     @property
+    def backbone_torch_dtype(self) -> torch.dtype:
+        """The ``torch.dtype`` that ``backbone_dtype`` resolves to on this machine."""
+        if self.backbone_dtype == "auto":
+            return torch.bfloat16 if fast_bf16_available() else torch.float32
+        return getattr(torch, self.backbone_dtype)
+
+    @property
     def use_backbone_cache(self) -> bool:
         """Whether this run trains from the backbone cache."""
         return bool(self.backbone_cache) if self.backbone_cache is not None else self.training_mode == "head_only"
@@ -291,6 +343,7 @@ class SteeringConfig(SFTConfig):
         choice("autodeco_rows", AUTODECO_ROWS)
         choice("ranking_reduction", REDUCTIONS)
         choice("ranking_space", RANKING_SPACES)
+        choice("backbone_dtype", BACKBONE_DTYPES)
         weights = (
             "temperature_loss_weight",
             "top_p_loss_weight",
@@ -298,6 +351,8 @@ class SteeringConfig(SFTConfig):
             "top_p_ranking_weight",
             "placebo_weight",
             "absolute_weight",
+            "temperature_ratio_weight",
+            "top_p_absolute_weight",
             "lm_loss_weight",
             "temperature_margin",
             "top_p_margin",
@@ -306,6 +361,17 @@ class SteeringConfig(SFTConfig):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("low_temperature_ratios", "high_temperature_ratios"):
+            ratios = getattr(self, name)
+            if not ratios or not all(isinstance(r, int | float) and math.isfinite(r) and r > 0 for r in ratios):
+                raise ValueError(f"{name} must be a non-empty list of positive numbers, got {ratios!r}")
+        if not all(r < 1 for r in self.low_temperature_ratios) or not all(r > 1 for r in self.high_temperature_ratios):
+            raise ValueError(
+                f"low_temperature_ratios must be < 1 and high_temperature_ratios > 1, got {self.low_temperature_ratios} "
+                f"and {self.high_temperature_ratios}"
+            )
+        if not self.absolute_temperature_floor > 0:
+            raise ValueError(f"absolute_temperature_floor must be > 0, got {self.absolute_temperature_floor}")
         if not 0.0 <= self.easy_token_fraction <= 1.0:
             raise ValueError(f"easy_token_fraction must be in [0, 1], got {self.easy_token_fraction}")
         if self.top_p_steepness <= 0:

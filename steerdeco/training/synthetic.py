@@ -2,8 +2,8 @@
 quick experiments and benchmarks when no real control data is at hand.
 
 Every prompt forms a group: one no-command row, graded low/high commands with train and held-out
-phrasings, an absolute-target command ("no randomness" -> 0.0) and a placebo command, all sharing
-one response.
+phrasings, an absolute-target command ("no randomness" -> 0.0), a placebo command and two commands
+that name a value (variant ``named``: a temperature, a top-p), all sharing one response.
 """
 
 from __future__ import annotations
@@ -30,16 +30,18 @@ RESPONSES = [
     "Let your imagination run free and explore unusual ideas. Give a deterministic, precise and focused answer.",
 ]
 
-# (command_id, variant, level, command_split, text, target_temperature)
+# (command_id, variant, level, command_split, text, target_temperature, target_top_p)
 COMMANDS = [
-    ("low-1-a", "low", 1, "train", "Please answer with a little less randomness.", None),
-    ("low-2-a", "low", 2, "train", "Give a deterministic, precise and focused answer.", None),
-    ("low-3-abs", "low", 3, "train", "Answer with no randomness at all.", 0.0),
-    ("low-1-b", "low", 1, "heldout", "Be slightly more careful and predictable.", None),
-    ("high-1-a", "high", 1, "train", "Be a little more creative than usual.", None),
-    ("high-2-a", "high", 2, "train", "Be wildly creative and surprising in your answer.", None),
-    ("high-1-b", "high", 1, "heldout", "Let your imagination run a bit freer.", None),
-    ("placebo-a", "placebo", 0, "train", "Answer in English and use a friendly tone.", None),
+    ("low-1-a", "low", 1, "train", "Please answer with a little less randomness.", None, None),
+    ("low-2-a", "low", 2, "train", "Give a deterministic, precise and focused answer.", None, None),
+    ("low-3-abs", "low", 3, "train", "Answer with no randomness at all.", 0.0, None),
+    ("low-1-b", "low", 1, "heldout", "Be slightly more careful and predictable.", None, None),
+    ("high-1-a", "high", 1, "train", "Be a little more creative than usual.", None, None),
+    ("high-2-a", "high", 2, "train", "Be wildly creative and surprising in your answer.", None, None),
+    ("high-1-b", "high", 1, "heldout", "Let your imagination run a bit freer.", None, None),
+    ("placebo-a", "placebo", 0, "train", "Answer in English and use a friendly tone.", None, None),
+    ("named-t", "named", 0, "train", "Use a temperature of 1.6.", 1.6, None),
+    ("named-p", "named", 0, "train", "Use top-p 0.3.", None, 0.3),
 ]
 
 
@@ -53,8 +55,8 @@ def synthetic_control_records(num_prompts: int = 6, num_eval_prompts: int = 2, r
     for p, prompt in enumerate(PROMPTS[:num_prompts]):
         split = "eval" if p >= num_prompts - num_eval_prompts else "train"
         response = " ".join([RESPONSES[p % len(RESPONSES)]] * response_repeats)
-        variants = [("none", "none", 0, None, None, None), *COMMANDS]
-        for command_id, variant, level, command_split, command, target in variants:
+        variants = [("none", "none", 0, None, None, None, None), *COMMANDS]
+        for command_id, variant, level, command_split, command, target, target_top_p in variants:
             content = prompt if command is None else f"{command} {prompt}"
             records.append(
                 {
@@ -63,6 +65,7 @@ def synthetic_control_records(num_prompts: int = 6, num_eval_prompts: int = 2, r
                     "variant": variant,
                     "level": level,
                     "target_temperature": target,
+                    "target_top_p": target_top_p,
                     "command_id": command_id,
                     "command_split": command_split,
                     "placement": "prefix" if command else "none",

@@ -35,7 +35,15 @@ from ..heads import MIN_TEMPERATURE
 from ..io import atomic_write_text
 from ..losses import AutoDecoLossConfig, LogitSlots, autodeco_losses
 from ..modeling import AutoDecoModel, base_hidden_size
-from ..ranking import VARIANTS, absolute_target_loss, pairwise_ranking_loss, placebo_loss, sequence_means
+from ..ranking import (
+    VARIANTS,
+    absolute_target_loss,
+    level_offsets,
+    pairwise_ranking_loss,
+    placebo_loss,
+    relative_target_loss,
+    sequence_means,
+)
 from .cache import backbone_outputs, load_or_build_cache
 from .checkpoint import (
     OPTIMIZER_STATE,
@@ -76,22 +84,25 @@ LOSS_TERMS = (
     "ranking_top_p_loss",
     "placebo_temperature_loss",
     "placebo_top_p_loss",
+    "ratio_temperature_loss",
     "absolute_temperature_loss",
+    "absolute_top_p_loss",
     "lm_loss",
 )
 
 
 # -- models ---------------------------------------------------------------------------------------
-def load_base_model(name_or_path: str):
-    """``(causal LM, tokenizer)`` for ``'embedded'``, ``'tiny'`` or a local folder (offline, fp32, eval mode)."""
+def load_base_model(name_or_path: str, dtype: torch.dtype = torch.float32):
+    """``(causal LM, tokenizer)`` for ``'embedded'``, ``'tiny'`` or a local folder (offline, eval mode, ``dtype``)."""
     if name_or_path == "embedded":
         from ..embedded import load_embedded_model
 
-        return load_embedded_model()
+        return load_embedded_model(dtype=dtype)
     if name_or_path == "tiny":
         from ..testing import tiny_model_and_tokenizer
 
-        return tiny_model_and_tokenizer(arch="llama", seed=0)
+        model, tokenizer = tiny_model_and_tokenizer(arch="llama", seed=0)
+        return model.to(dtype), tokenizer
     path = Path(name_or_path)
     if not path.is_dir():
         raise ValueError(
@@ -102,7 +113,7 @@ def load_base_model(name_or_path: str):
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     return model.eval(), tokenizer
 
 
@@ -167,7 +178,7 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
     """``(AutoDecoModel, tokenizer)`` from ``args.model_name_or_path`` with fresh heads (seeded with ``args.seed``)."""
     from transformers import set_seed
 
-    base, tokenizer = load_base_model(args.model_name_or_path)
+    base, tokenizer = load_base_model(args.model_name_or_path, args.backbone_torch_dtype)
     set_seed(args.seed)
     if args.training_mode == "lora_joint":
         from peft import get_peft_model
@@ -417,7 +428,9 @@ class SteeringTrainer(SFTTrainer):
             "ranking_top_p_loss": args.top_p_ranking_weight if train_p else None,
             "placebo_temperature_loss": args.placebo_weight if train_t else None,
             "placebo_top_p_loss": args.placebo_weight if train_p else None,
+            "ratio_temperature_loss": args.temperature_ratio_weight if train_t and args.temperature_ratio_weight else None,
             "absolute_temperature_loss": args.absolute_weight if train_t else None,
+            "absolute_top_p_loss": args.top_p_absolute_weight if train_p and args.top_p_absolute_weight else None,
             "lm_loss": args.lm_loss_weight if args.training_mode == "lora_joint" else None,
         }
         return {name: weight for name, weight in weights.items() if weight is not None}
@@ -456,12 +469,18 @@ class SteeringTrainer(SFTTrainer):
                 terms["autodeco_temperature_loss"] = t_loss
             if "autodeco_top_p_loss" in weights:
                 terms["autodeco_top_p_loss"] = p_loss
+        log_t = temperature.clamp_min(MIN_TEMPERATURE).log()
         for quantity, values, margin in (
             ("temperature", temperature, args.temperature_margin),
             ("top_p", top_p, args.top_p_margin),
         ):
             if f"ranking_{quantity}_loss" in weights:
-                ranked = values.clamp_min(MIN_TEMPERATURE).log() if args.ranking_space == "log" else values
+                if args.ranking_space == "linear":
+                    ranked = values
+                elif quantity == "temperature":
+                    ranked = log_t
+                else:
+                    ranked = torch.logit(values, eps=1e-4)
                 terms[f"ranking_{quantity}_loss"] = pairwise_ranking_loss(
                     ranked, mask, groups, levels, margin=margin, reduction=args.ranking_reduction
                 )
@@ -469,10 +488,19 @@ class SteeringTrainer(SFTTrainer):
                 terms[f"placebo_{quantity}_loss"] = placebo_loss(
                     values, mask, groups, is_placebo, is_none, reduction=args.ranking_reduction
                 )
-        if "absolute_temperature_loss" in weights:
-            terms["absolute_temperature_loss"] = absolute_target_loss(
-                temperature, mask, inputs["target_temperature"], reduction=args.ranking_reduction
+        if "ratio_temperature_loss" in weights:
+            offsets = level_offsets(levels, args.low_temperature_ratios, args.high_temperature_ratios)
+            terms["ratio_temperature_loss"] = relative_target_loss(
+                log_t, mask, groups, is_none, offsets, reduction=args.ranking_reduction
             )
+        if "absolute_temperature_loss" in weights:
+            targets = inputs["target_temperature"].clamp_min(args.absolute_temperature_floor).log()
+            terms["absolute_temperature_loss"] = absolute_target_loss(log_t, mask, targets, reduction=args.ranking_reduction)
+        if "absolute_top_p_loss" in weights:
+            targets = inputs.get("target_top_p")
+            if targets is None:
+                targets = torch.full_like(inputs["target_temperature"], float("nan"))
+            terms["absolute_top_p_loss"] = absolute_target_loss(top_p, mask, targets, reduction=args.ranking_reduction)
         if "lm_loss" in weights:
             terms["lm_loss"] = outputs.lm_loss
         return terms
