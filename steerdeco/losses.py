@@ -92,21 +92,26 @@ def compress_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 25
     logits = logits.float()
     top_values, top_index = logits.topk(top_k, dim=-1)
     in_top = top_index == targets.unsqueeze(-1)
-    tail_mask = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, top_index, False)
-    tail = logits.masked_fill(~tail_mask, float("inf"))
-    low = tail.min(dim=-1, keepdim=True).values
+    # Bins over the whole vocabulary, then the top-k taken back out of the highest bin: every top-k
+    # logit is >= the k-th value ``high``, so it lands in the last bin and, clamped to ``high``,
+    # adds exactly 1 to that bin's count and to its sum of exp(logit - high). Fewer passes over
+    # the [N, V] logits than masking the tail first.
+    low = logits.min(dim=-1, keepdim=True).values  # the minimum of the tail (top_k < vocab)
     high = top_values[:, -1:]  # every tail logit is <= the k-th value
     width = (high - low).clamp_min(1e-6) / num_bins
 
     def bin_of(x: torch.Tensor) -> torch.Tensor:
-        return ((x - low) / width).floor().clamp(0, num_bins - 1).long()
+        return ((x - low) / width).floor_().clamp_(0, num_bins - 1).long()
 
-    bins = bin_of(logits.masked_fill(~tail_mask, 0.0).clamp_min(low))
-    bins = bins.masked_fill(~tail_mask, 0)
+    bins = bin_of(logits)
     shift = high  # stable exp
-    ones = tail_mask.float()
-    counts = torch.zeros(logits.shape[0], num_bins, device=logits.device).scatter_add_(-1, bins, ones)
-    sums = torch.zeros(logits.shape[0], num_bins, device=logits.device).scatter_add_(-1, bins, (logits - shift).exp() * ones)
+    counts = torch.zeros(logits.shape[0], num_bins, device=logits.device)
+    counts.scatter_add_(-1, bins, torch.ones(1, device=logits.device).expand_as(logits))
+    sums = torch.zeros(logits.shape[0], num_bins, device=logits.device)
+    sums.scatter_add_(-1, bins, (torch.minimum(logits, high) - shift).exp_())
+    counts[:, -1] -= top_k
+    sums[:, -1] -= top_k
+    sums.clamp_min_(0.0)
     bin_values = torch.where(counts > 0, (sums / counts.clamp_min(1)).clamp_min(1e-38).log() + shift, low)
     # descending order: highest bin first
     bin_values, counts = bin_values.flip(-1), counts.flip(-1)
