@@ -40,6 +40,15 @@ class HeadsConfig:
             "a small model's heads obey it on prompts they were not trained on."
         },
     )
+    steering_width: int = field(
+        default=0,
+        metadata={
+            "help": "With context_features: give each head a steering path, an MLP of this width on the "
+            "layer-normalised context alone whose output is added to the head's logit. For T well below "
+            "max_temperature the added logit is a log multiplier of T, the same for every token of a reply, so a "
+            "command scales the per-token T the AutoDeco path picks; for P it shifts the log-odds. 0: none."
+        },
+    )
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "Checkpoint format version."})
 
@@ -52,6 +61,10 @@ class HeadsConfig:
             self.max_temperature <= 0
         ):
             raise ValueError(f"max_temperature must be a positive number, got {self.max_temperature!r}")
+        if not isinstance(self.steering_width, int) or isinstance(self.steering_width, bool) or self.steering_width < 0:
+            raise ValueError(f"steering_width must be an integer >= 0, got {self.steering_width!r}")
+        if self.steering_width and not self.context_features:
+            raise ValueError("steering_width > 0 needs context_features=True: the steering path reads the context")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"heads format_version {self.format_version} is not supported by this steerdeco "

@@ -11,7 +11,12 @@ mean of the last hidden state over every position up to the current one (:func:`
 the token's own state says what is being written, the running mean what was asked, so a command
 anywhere in the prompt reaches every token's T and P.
 
-The last layer of each head starts at zero weight, so fresh heads predict ``T = max_temperature / 2``
+With ``steering_width`` each head also has a *steering path*: an MLP on the layer-normalised context
+alone, added to the head's logit. A command then shifts the logit of every token of the reply by the
+same amount: for T well below ``max_temperature`` (``sigmoid(z) ~ exp(z)``) that is a multiplier of
+the per-token T the AutoDeco path picks, for P a shift in log-odds.
+
+The last layer of each head (and of each steering path) starts at zero weight, so fresh heads predict ``T = max_temperature / 2``
 (1.0 by default) and ``P = INITIAL_TOP_P`` for every token: sampling starts as plain sampling at
 T = 1, top-p = 0.9.
 """
@@ -94,6 +99,24 @@ def _head_input(hidden: torch.Tensor, context: torch.Tensor | None, use_context:
     return torch.cat([hidden, context.to(hidden.dtype)], dim=-1)
 
 
+class SteeringPath(nn.Module):
+    """``MLP(LayerNorm(context))``: a logit offset from the context alone; ``[..., H] -> [...]``, zero at init."""
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(context.to(self.mlp[0].weight.dtype))).squeeze(-1)
+
+
+def _steering_path(config: HeadsConfig) -> SteeringPath | None:
+    return SteeringPath(config.hidden_size, config.steering_width) if config.steering_width else None
+
+
 class TemperatureHead(nn.Module):
     """``T = max_temperature * sigmoid(MLP(h))``; input ``[..., H]`` (and context ``[..., H]``), output ``[...]``."""
 
@@ -105,9 +128,12 @@ class TemperatureHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+        self.steering = _steering_path(config)
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         logit = self.mlp(_head_input(hidden, context, self.use_context)).squeeze(-1)
+        if self.steering is not None:
+            logit = logit + self.steering(context)
         return (self.max_temperature * torch.sigmoid(logit)).clamp_min(MIN_TEMPERATURE)
 
 
@@ -123,6 +149,7 @@ class TopPHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.constant_(self.mlp[-1].bias, math.log(INITIAL_TOP_P / (1 - INITIAL_TOP_P)))
+        self.steering = _steering_path(config)
 
     def forward(
         self,
@@ -136,13 +163,21 @@ class TopPHead(nn.Module):
             if features is None:
                 raise ValueError("this top-p head was configured with top_p_features=True but got no features")
             parts.append(features.detach())
-        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)).squeeze(-1))
+        logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+        if self.steering is not None:
+            logit = logit + self.steering(context)
+        return torch.sigmoid(logit)
 
 
 class AutoDecoHeads(nn.Module):
     """Both heads together: ``(hidden [..., H], logits-or-slots [..., M]) -> (T [...], P [...])``.
 
     ``context [..., H]`` (:func:`running_context`) is required when the config has ``context_features``.
+    The heads standardise it per dimension, ``(context - context_shift) / context_scale``, with buffers
+    saved alongside the weights: a decoder's mean state has a few dimensions hundreds of times larger
+    than the rest, where a command's trace is small, and an MLP learns slowly on such inputs.
+    :meth:`fit_context_normalization` sets them from data (the trainer does, before training); fresh
+    heads leave the context as it is.
     """
 
     def __init__(self, config: HeadsConfig):
@@ -150,6 +185,20 @@ class AutoDecoHeads(nn.Module):
         self.config = config
         self.temperature_head = TemperatureHead(config)
         self.top_p_head = TopPHead(config)
+        if config.context_features:
+            self.register_buffer("context_shift", torch.zeros(config.hidden_size))
+            self.register_buffer("context_scale", torch.ones(config.hidden_size))
+
+    @torch.no_grad()
+    def fit_context_normalization(self, contexts: torch.Tensor, min_scale: float = 1e-3) -> None:
+        """Set the context standardisation to the per-dimension mean and standard deviation of ``contexts [K, H]``."""
+        if not self.config.context_features:
+            raise ValueError("these heads read no context (context_features=False)")
+        contexts = contexts.reshape(-1, self.config.hidden_size).float()
+        if contexts.shape[0] < 2:
+            raise ValueError(f"need at least 2 context vectors to fit the normalisation, got {contexts.shape[0]}")
+        self.context_shift.copy_(contexts.mean(0))
+        self.context_scale.copy_(contexts.std(0).clamp_min(min_scale))
 
     def forward(
         self,
@@ -159,6 +208,8 @@ class AutoDecoHeads(nn.Module):
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)  # _head_input casts the context to it
+        if context is not None and self.config.context_features:
+            context = (context.to(self.context_shift.dtype) - self.context_shift) / self.context_scale
         temperature = self.temperature_head(hidden, context)
         features = None
         if self.top_p_head.use_features:

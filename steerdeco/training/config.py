@@ -191,6 +191,13 @@ class SteeringConfig(SFTConfig):
             "token directly. false: AutoDeco's heads exactly."
         },
     )
+    heads_steering_width: int = field(
+        default=0,
+        metadata={
+            "help": "Width of each head's steering path (HeadsConfig.steering_width): an MLP on the context alone "
+            "whose output shifts the head's logit for every token of the reply. 0: none. Needs heads_context_features."
+        },
+    )
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )
@@ -393,6 +400,10 @@ class SteeringConfig(SFTConfig):
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.cache_batch_size < 1:
             raise ValueError(f"cache_batch_size must be >= 1, got {self.cache_batch_size}")
+        if self.heads_steering_width < 0 or (self.heads_steering_width and not self.heads_context_features):
+            raise ValueError(
+                f"heads_steering_width must be >= 0 and needs heads_context_features=true, got {self.heads_steering_width}"
+            )
         if self.heads_mlp_width < 1:
             raise ValueError(f"heads_mlp_width must be >= 1, got {self.heads_mlp_width}")
         if not self.heads_max_temperature > 0:

@@ -190,6 +190,7 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
         max_temperature=args.heads_max_temperature,
         top_p_features=args.heads_top_p_features,
         context_features=args.heads_context_features,
+        steering_width=args.heads_steering_width,
         base_model=args.model_name_or_path,
     )
     model = AutoDecoModel(base, heads_config, freeze_base=args.training_mode == "head_only")
@@ -385,6 +386,9 @@ class SteeringTrainer(SFTTrainer):
                     progress=args.process_index == 0 and not args.disable_tqdm,
                 )
 
+        if model.heads_config.context_features and not args.init_heads:
+            self._fit_context_normalization(model, train_examples, processing_class.pad_token_id, args)
+
         import datasets
 
         self.autodeco_model = model
@@ -415,6 +419,29 @@ class SteeringTrainer(SFTTrainer):
         self._metric_index = {key: i for i, key in enumerate(self._metric_keys)}
         self._metric_sums = {mode: torch.zeros(len(self._metric_keys), 2, dtype=torch.float64) for mode in ("train", "eval")}
         self._generator_key, self._generator_calls = None, 0
+
+    NORMALIZATION_ROWS = 64  # rows run through the backbone to fit the context normalisation without a cache
+
+    def _fit_context_normalization(self, model: AutoDecoModel, train_examples: list[dict], pad_token_id: int, args) -> None:
+        """Standardise the heads' context input with statistics of the training rows' response positions
+        (from the backbone cache, else from a forward over the first rows); a resumed run loads the saved ones."""
+        if self.backbone_cache is not None:
+            end = int(self.backbone_cache.offsets[len(train_examples)])
+            contexts = self.backbone_cache.context[:end]
+        else:
+            from .cache import build_backbone_cache
+
+            was_training = model.base_model.training
+            model.base_model.eval()
+            try:
+                contexts = build_backbone_cache(
+                    model.base_model, train_examples[: self.NORMALIZATION_ROWS], pad_token_id, args.logit_top_k or 5,
+                    args.logit_bins, args.cache_batch_size, progress=False,
+                ).context
+            finally:
+                model.base_model.train(was_training)
+        model.heads.fit_context_normalization(contexts)
+        logger.info("context normalisation fitted on %d response positions", contexts.shape[0])
 
     # -- objective ----------------------------------------------------------------------------
     def _term_weights(self) -> dict[str, float]:
