@@ -127,22 +127,23 @@ def _line_of_second_key(text: str, key: str) -> int | None:
     return text.count("\n", 0, hits[1]) + 1 if len(hits) > 1 else None
 
 
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json`` ``object_pairs_hook`` that refuses a key given twice (raises ``KeyError(key)``)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise KeyError(key)
+        out[key] = value
+    return out
+
+
 def load_json_text(text: str, source: str, error: type[Exception] = ValueError, line: int | None = None) -> object:
     """Parse JSON; a duplicate key or a syntax error raises ``error`` naming ``source`` and the line.
 
     ``line``: the line ``text`` starts on (JSONL); None: ``text`` is a whole file.
     """
-
-    def unique(pairs):
-        out = {}
-        for key, value in pairs:
-            if key in out:
-                raise KeyError(key)
-            out[key] = value
-        return out
-
     try:
-        return json.loads(text, object_pairs_hook=unique)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         where = f"{source}:{line if line is not None else exc.lineno}"
         raise error(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None

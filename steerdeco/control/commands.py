@@ -13,7 +13,6 @@ full schema; the project's own library is ``control_data/commands.yaml``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -138,13 +137,14 @@ def _read_yaml(path: Path) -> object:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ControlDataError(f"command file {path} does not exist (--commands)") from None
+    except IsADirectoryError:
+        raise ControlDataError(f"command file {path} is a folder; --commands takes a YAML or JSON file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ControlDataError(f"command file {path} cannot be read: {error}") from error
     if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ControlDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+        from ..io import load_json_text
+
+        return load_json_text(text, str(path), ControlDataError)
     loader = _LineLoader(text)
     loader.source = str(path)
     try:
