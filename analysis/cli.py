@@ -355,9 +355,7 @@ def load_base(name: str, from_heads: bool = False):
 def check_hidden_size(heads_dir: Path, base, model_name: str) -> None:
     """Refuse heads that do not fit the base model: hidden size, then every check of
     :func:`steerdeco.modeling.read_heads` (config, tensors, base-model fingerprint), before any expensive step."""
-    from steerdeco.modeling import base_hidden_size
-
-    from steerdeco.modeling import read_heads
+    from steerdeco.modeling import base_hidden_size, read_heads
 
     expected = heads_config(heads_dir).hidden_size
     actual = base_hidden_size(base)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -122,9 +121,18 @@ def load_yaml_text(text: str, source: str, error: type[Exception] = ValueError) 
         raise error(f"{where}: not valid YAML ({problem})") from None
 
 
-def _line_of_second_key(text: str, key: str) -> int | None:
-    hits = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
-    return text.count("\n", 0, hits[1]) + 1 if len(hits) > 1 else None
+def _line_of_duplicate_key(text: str) -> int | None:
+    """The line of the first repeated key of a JSON text, found by the YAML loader (JSON is YAML), or None."""
+    import yaml
+
+    try:
+        yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as exc:
+        if "duplicate key" in str(exc.problem) and exc.problem_mark is not None:
+            return exc.problem_mark.line + 1
+    except yaml.YAMLError:
+        pass
+    return None
 
 
 def unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -149,7 +157,7 @@ def load_json_text(text: str, source: str, error: type[Exception] = ValueError, 
         raise error(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
     except KeyError as exc:
         key = exc.args[0]
-        at = line if line is not None else _line_of_second_key(text, key)
+        at = line if line is not None else _line_of_duplicate_key(text)
         where = f"{source}:{at}" if at is not None else source
         raise error(f"{where}: duplicate key {key!r}; give every key once") from None
 

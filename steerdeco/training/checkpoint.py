@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ..config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME
 from ..io import atomic_write_text, atomic_write_with, read_json_file
@@ -273,8 +272,7 @@ def load_trained_model(directory: str | os.PathLike, base_model) -> AutoDecoMode
     if (adapter / ADAPTER_WEIGHTS).is_file():
         from peft import PeftModel
 
-        read_adapter(adapter / ADAPTER_WEIGHTS)
-
+        read_adapter(adapter / ADAPTER_WEIGHTS)  # a truncated file: an error naming it, not peft's traceback
         base_model = PeftModel.from_pretrained(base_model, str(adapter))
         base_model.eval()
     return AutoDecoModel.from_pretrained(directory, base_model)
