@@ -381,7 +381,7 @@ class SteeringTrainer(SFTTrainer):
                 eval_dataset, processing_class, args.max_response_tokens, args.max_eval_groups, len(train_examples),
                 **limits,
             )
-        if eval_dataset is not None and (args.max_eval_groups is not None or args.overlong_rows == "skip"):
+        if eval_dataset is not None and (args.max_eval_groups is not None or args.overlong_rows != "error"):
             kept = {group["group_id"] for group in eval_groups}
             eval_dataset = eval_dataset.select([i for i, g in enumerate(eval_dataset["group_id"]) if str(g) in kept])
             self.eval_rows = eval_dataset  # the final ordering report scores the same groups
