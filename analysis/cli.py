@@ -61,6 +61,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 CLI_ONLY_KEYS = ("log_level",)
 DEFAULT_OUT = "results"
 RUN_FILE = "run.json"
+TOOL = "analysis"
 #: Options that only shape a control-data build from --prompts.
 BUILD_OPTIONS = ("prompts", "commands", "responses", "response_tokens", "max_prompts", "eval_fraction", "work_dir")
 WORK_DIR = "work"
@@ -352,14 +353,19 @@ def load_base(name: str, from_heads: bool = False):
 
 
 def check_hidden_size(heads_dir: Path, base, model_name: str) -> None:
-    """Refuse heads whose hidden size differs from the base model's (before any expensive step)."""
-    from steerdeco.modeling import base_hidden_size
+    """Refuse heads that do not fit the base model: hidden size, then every check of
+    :func:`steerdeco.modeling.read_heads` (config, tensors, base-model fingerprint), before any expensive step."""
+    from steerdeco.modeling import base_hidden_size, read_heads
 
     expected = heads_config(heads_dir).hidden_size
     actual = base_hidden_size(base)
     if expected != actual:
         raise AnalysisError(f"--heads {heads_dir} expects hidden size {expected} but --model {model_name!r} has hidden size "
                             f"{actual}: pass the base model the heads were trained on")
+    try:  # the one validating loader: config, tensors, base-model fingerprint
+        read_heads(heads_dir, base, source=f"--heads {heads_dir}")
+    except (FileNotFoundError, ValueError) as error:
+        raise AnalysisError(f"{error} (--model {model_name!r})") from None
 
 
 def attach_heads(heads_dir: Path, base, model_name: str):
@@ -526,17 +532,21 @@ def score_rows(
 
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """``out`` as a Path; refuses an existing non-empty folder unless ``overwrite``, and a file.
+    """``out`` as a Path; refuses a file, and a non-empty folder unless ``overwrite`` and written by this tool.
 
     Raises:
-        AnalysisError: ``out`` is a file, or a non-empty folder without ``overwrite``.
+        AnalysisError: ``out`` is a file, or a non-empty folder without ``overwrite`` or without the
+            marker of a results folder (``.steerdeco-output`` naming ``analysis``).
     """
+    from steerdeco.io import check_replaceable
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"--out {out} is a file, not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise AnalysisError(f"output folder {out} exists and is not empty; pass --overwrite (overwrite=True) to replace it, "
-                            "or choose another --out")
+    try:
+        check_replaceable(out, TOOL, overwrite, "--overwrite (overwrite=True)", AnalysisError)
+    except AnalysisError as error:
+        raise AnalysisError(f"--out: {error}") from None
     return out
 
 
@@ -624,9 +634,10 @@ def write_results(
             save_scores(frame, staging / SCORE_FILES[protocol])
         for name, folder in (extra_dirs or {}).items():
             os.replace(folder, staging / name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; a results folder should not be
+        from steerdeco.io import folder_mode, mark_output
+
+        mark_output(staging, TOOL)
+        os.chmod(staging, folder_mode())  # mkdtemp makes it private; a results folder should not be
         check_out_dir(out, overwrite)  # it may have appeared meanwhile
         if out.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -780,9 +791,9 @@ def run(config: AnalysisConfig) -> AnalysisResult:
             if config.work_dir is not None:
                 work = Path(config.work_dir)
                 work.mkdir(parents=True, exist_ok=True)
-            else:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+            else:  # one hidden folder per --out, reused when an interrupted run is started again
+                work = out.parent / f".{out.name}.work"
+                work.mkdir(parents=True, exist_ok=True)
                 owned_work = True
             built = build_rows(config, base, tokenizer, work, model_name)
             source = f"control data built from --prompts {', '.join(config.prompts)}"
@@ -821,9 +832,16 @@ def run(config: AnalysisConfig) -> AnalysisResult:
             raise AnalysisError(f"the statistics of {run_info['n_groups']} prompt groups (--split {config.split}) failed: "
                                 f"{error}; analyse more groups (--max-groups, --split all, more prompts)") from error
         owned_work = False  # moved into the results
-    finally:
-        if owned_work and work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        if owned_work and work is not None and work.exists():
+            from steerdeco.control.responses import CACHE_FILE
+
+            if (work / CACHE_FILE).is_file():
+                logger.warning("kept the generated responses in %s: the same command resumes from them (delete the "
+                               "folder to start afresh)", work)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        raise
     return AnalysisResult(out, markdown, tables, scores)
 
 

@@ -50,6 +50,13 @@ class HeadsConfig:
         },
     )
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
+    base_model_fingerprint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Digest of the base model's architecture (steerdeco.modeling.base_model_fingerprint); heads are "
+            "refused on a base model with another one. None: not recorded (heads saved by older versions)."
+        },
+    )
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "Checkpoint format version."})
 
     def __post_init__(self):
@@ -94,11 +101,9 @@ class HeadsConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> HeadsConfig:
+        from .io import read_json_file
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"heads config {path} does not exist")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); re-save the heads with save_pretrained") from error
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_file(path, "heads config"), source=str(path))

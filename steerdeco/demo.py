@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+TOOL = "steerdeco.demo"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 DEFAULT_ROOT = Path("outputs") / "demo"
@@ -43,7 +46,11 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="run folder (default: outputs/demo/run-<date>-<time>); an existing non-empty folder needs --overwrite",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out folder written by an earlier demo run (kept aside until this run succeeds)",
+    )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="training config (default: configs/demo.yaml)")
     parser.add_argument(
         "--cache-dir",
@@ -102,8 +109,20 @@ def _check_args(args: argparse.Namespace) -> list[int]:
     return seeds
 
 
+def previous_run(folder: Path) -> Path:
+    """Where :func:`run_folder` keeps the run that ``--overwrite`` replaces until the new run succeeds."""
+    return folder.parent / f".{folder.name}.previous"
+
+
 def run_folder(out: str | None, overwrite: bool) -> Path:
-    """The run's folder: ``out`` (refused when non-empty unless ``overwrite``) or a fresh timestamped one."""
+    """The run's folder, marked as the demo's: ``out`` or a fresh timestamped one.
+
+    A non-empty ``out`` is refused unless ``overwrite`` and it was written by an earlier demo run (its
+    ``.steerdeco-output`` marker); that run is moved to :func:`previous_run` (removed when the new run
+    succeeds), never deleted up front.
+    """
+    from .io import check_replaceable, mark_output
+
     if out is None:
         folder = DEFAULT_ROOT / time.strftime("run-%Y%m%d-%H%M%S")
         while folder.exists():
@@ -111,13 +130,18 @@ def run_folder(out: str | None, overwrite: bool) -> Path:
             folder = DEFAULT_ROOT / time.strftime("run-%Y%m%d-%H%M%S")
     else:
         folder = Path(out)
-        if folder.exists() and any(folder.iterdir()):
-            if not overwrite:
-                raise SystemExit(f"--out {folder} exists and is not empty; pass --overwrite to replace it, or another --out")
-            import shutil
-
-            shutil.rmtree(folder)
+        try:
+            replace = check_replaceable(folder, TOOL, overwrite, "--overwrite", SystemExit)
+        except SystemExit as error:
+            raise SystemExit(f"--out: {error}") from None
+        if replace:
+            kept = previous_run(folder)
+            if kept.exists():
+                shutil.rmtree(kept)  # an earlier demo run's, kept by a run that did not finish
+            os.replace(folder, kept)
+            logger.info("the earlier run in %s is kept in %s until this run finishes", folder, kept)
     folder.mkdir(parents=True, exist_ok=True)
+    mark_output(folder, TOOL)
     return folder
 
 
@@ -143,6 +167,7 @@ def main(args: argparse.Namespace) -> int:
 
     from .control import BuildConfig, build_control_data, load_control_data
     from .embedded import load_embedded_model
+    from .io import atomic_write_text
     from .train import main as train
     from .training import load_trained_model
     from .training.evaluation import summarize_ordering
@@ -197,7 +222,8 @@ def main(args: argparse.Namespace) -> int:
     timings["analysis"] = time.perf_counter() - started
 
     ordering = ordering_from_scores(tables, summarize_ordering)
-    (folder / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(folder / "timings.json", json.dumps(timings, indent=2) + "\n")
+    shutil.rmtree(previous_run(folder), ignore_errors=True)
     print(final_summary(folder, tables, ordering, timings))
     return 0
 

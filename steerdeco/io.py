@@ -1,12 +1,38 @@
-"""Atomic file writes: a temporary sibling, then ``os.replace``, so readers never see half a file."""
+"""Safe file input and output: atomic writes with one file mode, strict YAML/JSON reading, owned output folders.
+
+* Writes go to a temporary sibling that is renamed onto the target (``os.replace``), so readers never
+  see half a file; the result gets the mode a plain ``open`` would give (``0o666`` less the umask).
+* YAML and JSON are read with duplicate keys refused (the error names the key and its line).
+* A folder a tool writes carries a marker file (:data:`OUTPUT_MARKER`) naming the tool; a folder is
+  only ever replaced or cleared by the tool that wrote it, and only when the user asked for it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+OUTPUT_MARKER = ".steerdeco-output"
+
+
+def _umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode ``open`` gives a new file: ``0o666`` less the process umask."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: ``0o777`` less the process umask."""
+    return 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -18,6 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, file_mode())  # mkstemp makes the file private; what the tools write is not
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -40,24 +67,123 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) ->
         writer(str(tmp))
 
 
+# -- strict YAML and JSON -------------------------------------------------------------------------
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            self.flatten_mapping(node)
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: let SafeLoader report it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark
+                    )
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def read_text_file(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> str:
+    """The UTF-8 text of ``path``; ``error`` (naming ``what`` and the file) when it is missing or unreadable."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a file; give the file itself") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror or exc}); check the path and its permissions") from None
+
+
+def load_yaml_text(text: str, source: str, error: type[Exception] = ValueError) -> object:
+    """Parse YAML safely; a duplicate key or a syntax error raises ``error`` naming ``source`` and the line."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(f"{where}: not valid YAML ({problem})") from None
+
+
+def _line_of_duplicate_key(text: str) -> int | None:
+    """The line of the first repeated key of a JSON text, found by the YAML loader (JSON is YAML), or None."""
+    import yaml
+
+    try:
+        yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as exc:
+        if "duplicate key" in str(exc.problem) and exc.problem_mark is not None:
+            return exc.problem_mark.line + 1
+    except yaml.YAMLError:
+        pass
+    return None
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json`` ``object_pairs_hook`` that refuses a key given twice (raises ``KeyError(key)``)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise KeyError(key)
+        out[key] = value
+    return out
+
+
+def load_json_text(text: str, source: str, error: type[Exception] = ValueError, line: int | None = None) -> object:
+    """Parse JSON; a duplicate key or a syntax error raises ``error`` naming ``source`` and the line.
+
+    ``line``: the line ``text`` starts on (JSONL); None: ``text`` is a whole file.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as exc:
+        where = f"{source}:{line if line is not None else exc.lineno}"
+        raise error(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except KeyError as exc:
+        key = exc.args[0]
+        at = line if line is not None else _line_of_duplicate_key(text)
+        where = f"{source}:{at}" if at is not None else source
+        raise error(f"{where}: duplicate key {key!r}; give every key once") from None
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "--config", error: type[Exception] = ValueError) -> object:
+    """A YAML (or JSON) file read strictly (see :func:`read_text_file` and :func:`load_yaml_text`)."""
+    text = read_text_file(path, what, error)
+    return load_yaml_text(text, f"{what} {path}", error)
+
+
+def read_json_file(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> object:
+    """A JSON file read strictly (see :func:`read_text_file` and :func:`load_json_text`)."""
+    return load_json_text(read_text_file(path, what, error), f"{what} {path}", error)
+
+
 def read_yaml_options(
     path: str | os.PathLike, known: Sequence[str], error: type[Exception] = ValueError
 ) -> dict[str, object]:
     """Options from a YAML ``--config`` file, keys normalised to field names (``max-prompts`` -> ``max_prompts``).
 
     Raises:
-        ``error``: a missing or malformed file, a file that is not a mapping, or an unknown key (named,
-        with the known keys, in the message).
+        ``error``: a missing, unreadable or malformed file, a duplicate key, a file that is not a mapping,
+        or an unknown key (named, with the known keys, in the message).
     """
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise error(f"--config {path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise error(f"--config {path}: not valid YAML ({exc})") from exc
+    data = read_yaml_file(path, "--config", error)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -67,5 +193,60 @@ def read_yaml_options(
         name = str(key).replace("-", "_")
         if name not in known:
             raise error(f"--config {path}: unknown key {key!r}; known keys: {', '.join(known)}")
+        if name in options:
+            raise error(f"--config {path}: {key!r} gives option {name!r} a second time; keep one of them")
         options[name] = value
     return options
+
+
+# -- owned output folders -------------------------------------------------------------------------
+def output_owner(folder: str | os.PathLike) -> str | None:
+    """The tool named by ``folder``'s marker file, or None (no marker, or an unreadable one)."""
+    marker = Path(folder) / OUTPUT_MARKER
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("tool") if isinstance(data, dict) and isinstance(data.get("tool"), str) else None
+
+
+def mark_output(folder: str | os.PathLike, tool: str) -> None:
+    """Write ``folder``'s marker file naming ``tool`` (the folder is created if needed)."""
+    atomic_write_text(Path(folder) / OUTPUT_MARKER, json.dumps({"tool": tool}) + "\n")
+
+
+def check_replaceable(
+    folder: str | os.PathLike,
+    tool: str,
+    overwrite: bool,
+    flag: str,
+    error: type[Exception] = ValueError,
+    ignore: Sequence[str] = (),
+) -> bool:
+    """Whether ``folder`` holds earlier output that may be replaced; raise ``error`` when it may not.
+
+    An absent or empty folder (entries in ``ignore`` and the marker do not count) is free: False. A
+    folder with content may be replaced only when ``overwrite`` (the user gave ``flag``) and its marker
+    names ``tool``: True. Otherwise ``error`` says why and what to do.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise error(f"{folder} is a file, not a folder; choose another output folder")
+    if not folder.is_dir():
+        return False
+    try:
+        entries = [p.name for p in folder.iterdir() if p.name not in (OUTPUT_MARKER, *ignore)]
+    except OSError as exc:
+        raise error(f"output folder {folder} cannot be read ({exc.strerror or exc}); choose another one") from None
+    if not entries:
+        return False
+    if not overwrite:
+        raise error(f"output folder {folder} exists and is not empty; pass {flag} to replace it, or choose another one")
+    owner = output_owner(folder)
+    if owner != tool:
+        written = f"was written by {owner}" if owner else f"has no {OUTPUT_MARKER} marker"
+        raise error(
+            f"output folder {folder} {written}, not by {tool}, so {flag} will not replace it; "
+            "move it away yourself or choose another output folder"
+        )
+    return True

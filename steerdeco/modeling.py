@@ -8,6 +8,9 @@ are given); its ``generate`` samples every token with that token's predicted T a
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -50,6 +53,93 @@ def base_hidden_size(base_model: nn.Module) -> int:
     return size
 
 
+FINGERPRINT_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+)
+
+
+def base_model_fingerprint(base_model: nn.Module) -> str:
+    """A short digest of the base model's architecture (:data:`FINGERPRINT_FIELDS` of its text config).
+
+    Two models share it when they have the same shape and vocabulary, whatever folder they were loaded
+    from; heads saved with one fingerprint are refused on a base model with another.
+    """
+    config = base_model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    values = {name: getattr(text_config, name, None) for name in FINGERPRINT_FIELDS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_heads_fit(config: HeadsConfig, base_model: nn.Module, source: str = "the heads") -> None:
+    """Refuse heads whose config names another base model: hidden size, then the architecture fingerprint.
+
+    Raises:
+        ValueError: naming ``source``, both models and what to do.
+    """
+    hidden_size = base_hidden_size(base_model)
+    name = getattr(base_model.config, "_name_or_path", None) or type(base_model).__name__
+    trained_on = f" (trained on {config.base_model!r})" if config.base_model else ""
+    if config.hidden_size != hidden_size:
+        raise ValueError(
+            f"{source}{trained_on} expect hidden size {config.hidden_size} but the base model {name!r} has hidden "
+            f"size {hidden_size}: load heads trained on this base model"
+        )
+    if config.base_model_fingerprint is not None:
+        fingerprint = base_model_fingerprint(base_model)
+        if fingerprint != config.base_model_fingerprint:
+            raise ValueError(
+                f"{source}{trained_on} were trained on a base model with another architecture (fingerprint "
+                f"{config.base_model_fingerprint}) than {name!r} ({fingerprint}): use the base model the heads "
+                "were trained on"
+            )
+
+
+def read_heads(
+    heads_directory: str | os.PathLike, base_model: nn.Module | None = None, source: str | None = None
+) -> tuple[HeadsConfig, dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of heads saved by :meth:`AutoDecoModel.save_pretrained`, fully checked.
+
+    The one loader of saved heads: the folder and both files must exist and be readable, the config
+    valid, the tensors exactly those of the config (names and shapes) and, given ``base_model``, the
+    heads must fit it (:func:`check_heads_fit`).
+
+    Raises:
+        FileNotFoundError: the folder or one of its two files is missing.
+        ValueError: anything else; the message names ``source`` (default: the folder) and the file.
+    """
+    directory = Path(heads_directory)
+    source = source or f"heads {directory}"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{source}: heads folder {directory} does not exist")
+    weights = directory / HEADS_WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{source}: {weights} is missing: this is not a steerdeco heads checkpoint")
+    config = HeadsConfig.from_json_file(directory / HEADS_CONFIG_NAME)
+    if base_model is not None:
+        check_heads_fit(config, base_model, source)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{source}: {weights} is not a readable safetensors file ({error}); re-save the heads") from error
+    expected = AutoDecoHeads(config).state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: {weights} does not match its heads config: missing {missing}, unexpected {unexpected}")
+    wrong = [name for name, tensor in state.items() if tensor.shape != expected[name].shape]
+    if wrong:
+        shapes = ", ".join(f"{n} {tuple(state[n].shape)} instead of {tuple(expected[n].shape)}" for n in wrong)
+        raise ValueError(f"{source}: {weights} has tensors of the wrong shape for its heads config: {shapes}")
+    return config, state
+
+
 class AutoDecoModel(nn.Module):
     """A causal LM with AutoDeco heads.
 
@@ -75,11 +165,9 @@ class AutoDecoModel(nn.Module):
             heads_config = HeadsConfig(
                 hidden_size=hidden_size, base_model=getattr(base_model.config, "_name_or_path", None) or None
             )
-        if heads_config.hidden_size != hidden_size:
-            raise ValueError(
-                f"the heads expect hidden size {heads_config.hidden_size} but the base model "
-                f"({type(base_model).__name__}) has hidden size {hidden_size}: load heads trained on this base model"
-            )
+        check_heads_fit(heads_config, base_model)
+        if heads_config.base_model_fingerprint is None:
+            heads_config = dataclasses.replace(heads_config, base_model_fingerprint=base_model_fingerprint(base_model))
         self.base_model = base_model
         self.heads_config = heads_config
         self.loss_config = loss_config or AutoDecoLossConfig()
@@ -261,26 +349,9 @@ class AutoDecoModel(nn.Module):
 
         Raises:
             FileNotFoundError: the folder or one of its two files is missing.
-            ValueError: a corrupt file, or heads trained for another hidden size.
+            ValueError: a corrupt file, or heads trained on another base model (see :func:`read_heads`).
         """
-        directory = Path(heads_directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"heads folder {directory} does not exist")
-        weights = directory / HEADS_WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} is missing: this is not a steerdeco heads checkpoint")
-        config = HeadsConfig.from_json_file(directory / HEADS_CONFIG_NAME)
+        config, state = read_heads(heads_directory, base_model)
         model = cls(base_model, heads_config=config, freeze_base=freeze_base)
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{weights} is not a readable safetensors file ({error}); re-save the heads") from error
-        expected = set(model.heads.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not match the heads config: missing {missing}, unexpected {unexpected}")
-        try:
-            model.heads.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(f"{weights} has tensors of the wrong shape for {config}: {error}") from error
+        model.heads.load_state_dict(state)
         return model

@@ -450,7 +450,8 @@ def test_default_build_rows_and_splits(default_build):
 def test_default_build_summary_and_output_files(default_build):
     out, summary = default_build.out, default_build.summary
     assert sorted(p.name for p in out.iterdir()) == [
-        "control_data.jsonl", "data-00000-of-00001.arrow", "dataset_info.json", "state.json", "summary.json"]
+        ".steerdeco-output", "control_data.jsonl", "data-00000-of-00001.arrow", "dataset_info.json", "state.json",
+        "summary.json"]
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["rows"] == len(default_build.rows)
     assert summary["rows_by_variant_and_level"]["low"] == summary["rows_by_variant_and_level"]["high"]
@@ -517,7 +518,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     prompts = [str(small_prompts(tmp_path / "p.jsonl", 4))]
     out = build(tmp_path, prompts=prompts).out
     (out / "stale.txt").write_text("old")
-    with pytest.raises(ValueError, match=r"output folder .*out already exists; pass --overwrite"):
+    with pytest.raises(ValueError, match=r"--out: output folder .*out exists and is not empty; pass --overwrite"):
         build(tmp_path, prompts=prompts)
     assert (out / "stale.txt").exists()
     build(tmp_path, prompts=prompts, overwrite=True, seed=1)

@@ -37,9 +37,17 @@ def test_an_existing_run_folder_is_never_overwritten_silently(tmp_path):
     (folder / "keep.txt").write_text("results of an earlier run")
     with pytest.raises(SystemExit, match="pass --overwrite"):
         demo.run_folder(str(folder), overwrite=False)
+    with pytest.raises(SystemExit, match="has no .steerdeco-output marker, not by steerdeco.demo"):
+        demo.run_folder(str(folder), overwrite=True)  # not a demo run's folder: never replaced
     assert (folder / "keep.txt").is_file()
+
+
+def test_overwrite_keeps_the_earlier_demo_run_aside_until_the_new_one_finishes(tmp_path):
+    folder = demo.run_folder(str(tmp_path / "run"), overwrite=False)
+    (folder / "report.md").write_text("earlier run")
     assert demo.run_folder(str(folder), overwrite=True) == folder
-    assert not (folder / "keep.txt").exists()
+    assert not (folder / "report.md").exists()
+    assert (demo.previous_run(folder) / "report.md").read_text() == "earlier run"
 
 
 def test_training_config_reads_the_demo_yaml_with_this_runs_paths(tmp_path):

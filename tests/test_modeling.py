@@ -155,7 +155,7 @@ def test_loading_refuses_bad_checkpoints_with_clear_errors(tiny, tmp_path):
     bad_json = tmp_path / "bad_json"
     AutoDecoModel(base).save_pretrained(bad_json)
     (bad_json / HEADS_CONFIG_NAME).write_text("{oops")
-    with pytest.raises(ValueError, match="is not valid JSON"):
+    with pytest.raises(ValueError, match=r"heads_config.json:1: not valid JSON"):
         AutoDecoModel.from_pretrained(bad_json, base_model=base)
 
     other_width = tmp_path / "other_width"

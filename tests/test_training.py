@@ -380,8 +380,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, train_rows, mode):
     killed = SteeringTrainer(args=config(tmp_path / "b", **extra), train_dataset=train_rows, callbacks=[KillAt(4)])
     with pytest.raises(RuntimeError, match="killed"):
         killed.train()
-    resumed = SteeringTrainer(args=config(tmp_path / "b", **extra), train_dataset=train_rows)
-    resumed.train(resume_from_checkpoint=True)
+    resumed = SteeringTrainer(args=config(tmp_path / "b", resume_from_checkpoint="last", **extra), train_dataset=train_rows)
+    resumed.train()
     expected, got = heads_state(straight.autodeco_model), heads_state(resumed.autodeco_model)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key])

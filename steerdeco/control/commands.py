@@ -13,7 +13,6 @@ full schema; the project's own library is ``control_data/commands.yaml``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -165,13 +164,14 @@ def read_command_file(path: Path, flag: str = "--commands") -> object:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ControlDataError(f"file {path} does not exist ({flag})") from None
+    except IsADirectoryError:
+        raise ControlDataError(f"file {path} is a folder; {flag} takes a YAML or JSON file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ControlDataError(f"file {path} cannot be read ({flag}): {error}") from error
     if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ControlDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+        from ..io import load_json_text
+
+        return load_json_text(text, str(path), ControlDataError)
     loader = _LineLoader(text)
     loader.source = str(path)
     try:

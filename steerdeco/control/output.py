@@ -2,9 +2,10 @@
 
 An output folder holds ``data-00000-of-00001.arrow``, ``dataset_info.json`` and ``state.json``
 (``datasets.Dataset.save_to_disk``), ``control_data.jsonl`` (the same rows, one JSON object per
-line) and ``summary.json`` (counts and the build settings). Everything is written into a temporary
-sibling folder that is renamed into place at the end; with ``overwrite`` the old folder is only
-removed once the new one is complete.
+line), ``summary.json`` (counts and the build settings) and the marker ``.steerdeco-output`` naming
+this tool. Everything is written into a temporary sibling folder that is renamed into place at the
+end; with ``overwrite`` the old folder is only removed once the new one is complete, and only when
+its marker says this tool wrote it (never a folder of anything else).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ..io import check_replaceable, folder_mode, mark_output
 from .errors import ControlDataError
 from .variants import COLUMNS
 
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 JSONL_NAME = "control_data.jsonl"
 SUMMARY_NAME = "summary.json"
 NONE_KEY = "none"
+TOOL = "steerdeco.build_control_data"
 
 
 def features():
@@ -117,16 +120,19 @@ def log_summary(summary: Mapping) -> None:
 
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """``out`` as a Path; refuses an existing folder unless ``overwrite``.
+    """``out`` as a Path; refuses a folder with content unless ``overwrite`` and it was built by this tool.
 
     Raises:
-        ControlDataError: ``out`` exists and ``overwrite`` is false, or ``out`` is a file.
+        ControlDataError: ``out`` is a file, or a non-empty folder without ``overwrite`` or not written
+            by ``build_control_data`` (no marker naming it).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ControlDataError(f"--out {out} is a file, not a folder; choose another --out")
-    if out.exists() and not overwrite:
-        raise ControlDataError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    try:
+        check_replaceable(out, TOOL, overwrite, "--overwrite", ControlDataError)
+    except ControlDataError as error:
+        raise ControlDataError(f"--out: {error}") from None
     return out
 
 
@@ -141,9 +147,7 @@ def write_output(rows: Sequence[Mapping], summary: Mapping, out: str | Path, ove
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
+    os.chmod(tmp, folder_mode())  # mkdtemp makes it private; the output folder should not be
     old = None
     try:
         dataset = rows_to_dataset(rows)
@@ -156,6 +160,7 @@ def write_output(rows: Sequence[Mapping], summary: Mapping, out: str | Path, ove
                 datasets.enable_progress_bars()
         (tmp / JSONL_NAME).write_text(to_jsonl(rows), encoding="utf-8")
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        mark_output(tmp, TOOL)
         check_output_dir(out, overwrite)  # it may have appeared meanwhile
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

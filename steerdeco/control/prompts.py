@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import unique_keys
 from .errors import ControlDataError
 
 logger = logging.getLogger(__name__)
@@ -76,24 +77,38 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             message names the file and line).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ControlDataError(f"prompt file {path} is a folder; --prompts takes a JSONL file (or one of "
+                               f"{', '.join(SPECIAL_SOURCES)})")
     try:
         handle = path.open(encoding="utf-8")
     except FileNotFoundError:
         raise ControlDataError(f"prompt file {path} does not exist (--prompts takes a JSONL file or one of {', '.join(SPECIAL_SOURCES)})") from None
+    except OSError as error:
+        raise ControlDataError(f"prompt file {path} cannot be read ({error.strerror or error}); check its permissions") from None
     with handle:
         try:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, object_pairs_hook=unique_keys)
                 except json.JSONDecodeError as error:
                     raise ControlDataError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from error
+                except KeyError as error:
+                    raise ControlDataError(f"{path}:{number}: duplicate key {error.args[0]!r}; give every key once") from None
                 if not isinstance(record, dict):
                     raise ControlDataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                try:
+                    json.dumps(record, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ControlDataError(
+                        f"{path}:{number}: a string holds a lone surrogate (an escaped \\ud8xx-\\udfxx without its "
+                        "pair), which is not text; fix or remove that character"
+                    ) from None
                 yield number, record
         except UnicodeDecodeError as error:
-            raise ControlDataError(f"{path}: not UTF-8 text ({error})") from error
+            raise ControlDataError(f"{path}: not UTF-8 text ({error}); save it as UTF-8") from error
 
 
 def _check_messages(messages: object, where: str) -> tuple[dict, ...]:

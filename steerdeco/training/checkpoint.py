@@ -1,6 +1,9 @@
 """Pickle-free checkpoints: heads, LoRA adapter, optimizer, scheduler and RNG state.
 
-Trained weights are written by :meth:`~steerdeco.AutoDecoModel.save_pretrained` (``heads.safetensors``
+A checkpoint folder ``checkpoint-N`` is written into a hidden sibling (``.checkpoint-N.partial``) and
+renamed into place once complete (:meth:`~steerdeco.training.SteeringTrainer._save_checkpoint`), so
+a ``checkpoint-N`` folder is always whole; :func:`last_complete_checkpoint` also skips folders that
+lack a file a resume needs (written by a killed run of an older version). Trained weights are written by :meth:`~steerdeco.AutoDecoModel.save_pretrained` (``heads.safetensors``
 + ``heads_config.json``) and, in LoRA-joint mode, peft's ``save_pretrained`` into ``adapter/``
 (``adapter_model.safetensors`` + ``adapter_config.json``). Resume state (optimizer, scheduler, RNG)
 is any nested structure of dicts, lists, tuples, numbers, strings and tensors, stored as one
@@ -14,16 +17,18 @@ import json
 import logging
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import HEADS_WEIGHTS_NAME
-from ..io import atomic_write_text, atomic_write_with
-from ..modeling import AutoDecoModel
+from ..config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME
+from ..io import atomic_write_text, atomic_write_with, read_json_file
+from ..modeling import AutoDecoModel, read_heads
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,23 @@ OPTIMIZER_STATE = "optimizer"
 SCHEDULER_STATE = "scheduler"
 RNG_STATE = "rng_state"
 STATE_FORMAT = 1
+STEERING_CONFIG_NAME = "steering_config.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+CHECKPOINT_FILES = (HEADS_WEIGHTS_NAME, HEADS_CONFIG_NAME, STEERING_CONFIG_NAME, TRAINER_STATE_NAME)
+# SteeringConfig fields that may change between a run and its resumption: where things go, how often
+# they are logged or saved, progress bars. Every other field must match the checkpoint's.
+RESUME_FREE_FIELDS = frozenset(
+    {
+        "output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_output_dir", "disable_tqdm", "run_name",
+        "report_to", "logging_steps", "logging_strategy", "logging_first_step", "logging_nan_inf_filter",
+        "save_steps", "save_strategy", "save_total_limit", "save_only_model", "save_on_each_node", "eval_steps",
+        "eval_strategy", "eval_delay", "per_device_eval_batch_size", "eval_accumulation_steps", "cache_dir",
+        "cache_batch_size", "final_ordering_report", "dataloader_num_workers", "dataloader_pin_memory",
+        "dataloader_persistent_workers", "dataloader_prefetch_factor", "local_rank", "ddp_timeout",
+        "max_eval_groups", "skip_memory_metrics", "log_level", "log_level_replica", "log_on_each_node",
+    }
+)  # fmt: skip
 
 
 # -- nested state <-> (tensors, JSON) -------------------------------------------------------------
@@ -107,12 +129,64 @@ def has_state(directory: str | os.PathLike, name: str) -> bool:
 
 
 def load_state(directory: str | os.PathLike, name: str) -> Any:
-    """Read what :func:`save_state` wrote."""
+    """Read what :func:`save_state` wrote.
+
+    Raises:
+        ValueError: an unreadable or truncated file (named in the message).
+    """
     directory = Path(directory)
-    index = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
-    if index.get("format") != STATE_FORMAT:
-        raise ValueError(f"{directory / name}.json has state format {index.get('format')}, expected {STATE_FORMAT}")
-    return unflatten_state(index["state"], load_file(str(directory / f"{name}.safetensors")))
+    index = read_json_file(directory / f"{name}.json", "checkpoint file")
+    if not isinstance(index, dict) or index.get("format") != STATE_FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ValueError(f"{directory / name}.json has state format {found}, expected {STATE_FORMAT}")
+    tensors_file = directory / f"{name}.safetensors"
+    try:
+        tensors = load_file(str(tensors_file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(
+            f"checkpoint file {tensors_file} is not a readable safetensors file ({error}); resume from an earlier "
+            "checkpoint (--resume_from_checkpoint DIR) or start afresh"
+        ) from error
+    try:
+        return unflatten_state(index["state"], tensors)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint files {directory / name}.json/.safetensors do not match ({error})") from error
+
+
+# -- checkpoint folders ---------------------------------------------------------------------------
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """N of a ``checkpoint-N`` folder name, else None."""
+    match = CHECKPOINT_NAME.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def missing_checkpoint_files(path: str | os.PathLike) -> list[str]:
+    """The files of :data:`CHECKPOINT_FILES` that ``path`` lacks (all of them when it is no folder)."""
+    path = Path(path)
+    return [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The ``checkpoint-N`` folder of ``output_dir`` with the largest N that holds every file a resume needs."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = sorted((step, p) for p in output_dir.iterdir() if p.is_dir() and (step := checkpoint_step(p)) is not None)
+    for _, path in reversed(found):
+        missing = missing_checkpoint_files(path)
+        if not missing:
+            return path
+        logger.warning("skipping the incomplete checkpoint %s (no %s)", path, ", ".join(missing))
+    return None
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``field: checkpoint value -> this run's value`` for every field both have that must match on resume."""
+    return [
+        f"{name}: {saved[name]!r} -> {current[name]!r}"
+        for name in sorted(set(saved) & set(current) - RESUME_FREE_FIELDS)
+        if saved[name] != current[name]
+    ]
 
 
 # -- RNG ------------------------------------------------------------------------------------------
@@ -156,10 +230,16 @@ def load_trained_into(model: AutoDecoModel, directory: str | os.PathLike) -> Non
         ValueError: the folder holds no heads, or no adapter while ``model`` has one.
     """
     directory = Path(directory)
-    weights = directory / HEADS_WEIGHTS_NAME
-    if not weights.is_file():
+    if not (directory / HEADS_WEIGHTS_NAME).is_file():
         raise ValueError(f"{directory} is not a steerdeco checkpoint: {HEADS_WEIGHTS_NAME} is missing")
-    model.heads.load_state_dict(load_file(str(weights)))
+    try:
+        config, state = read_heads(directory, model.base_model, source=f"checkpoint {directory}")
+    except FileNotFoundError as error:
+        raise ValueError(str(error)) from error
+    if config != model.heads_config:
+        raise ValueError(f"checkpoint {directory} holds heads of another config ({config}) than the model's "
+                         f"({model.heads_config}); resume with the heads settings it was trained with")
+    model.heads.load_state_dict(state)
     peft_model = _peft_model(model)
     if peft_model is not None:
         adapter = directory / ADAPTER_DIR / ADAPTER_WEIGHTS
@@ -167,9 +247,17 @@ def load_trained_into(model: AutoDecoModel, directory: str | os.PathLike) -> Non
             raise ValueError(f"{directory} has no LoRA adapter ({adapter} is missing) but the model is a peft model")
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(peft_model, load_file(str(adapter)))
+        result = set_peft_model_state_dict(peft_model, read_adapter(adapter))
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{adapter} does not match the model's adapter: unexpected {result.unexpected_keys}")
+
+
+def read_adapter(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA adapter file; a ValueError naming the file when it is unreadable or truncated."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"LoRA adapter {path} is not a readable safetensors file ({error}); re-save it") from error
 
 
 def load_trained_model(directory: str | os.PathLike, base_model) -> AutoDecoModel:
@@ -179,10 +267,12 @@ def load_trained_model(directory: str | os.PathLike, base_model) -> AutoDecoMode
     first; the result is ready for ``generate`` and evaluation.
     """
     directory = Path(directory)
+    read_heads(directory, base_model)  # refuse heads of another base model before touching it
     adapter = directory / ADAPTER_DIR
     if (adapter / ADAPTER_WEIGHTS).is_file():
         from peft import PeftModel
 
+        read_adapter(adapter / ADAPTER_WEIGHTS)  # a truncated file: an error naming it, not peft's traceback
         base_model = PeftModel.from_pretrained(base_model, str(adapter))
         base_model.eval()
     return AutoDecoModel.from_pretrained(directory, base_model)

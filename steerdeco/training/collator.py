@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..chat import encode_example
+from ..io import load_json_text, read_text_file
 from ..ranking import VARIANTS, signed_level
 
 logger = logging.getLogger(__name__)
@@ -60,17 +61,25 @@ def load_control_rows(path: str | os.PathLike):
 def _read_jsonl(path: Path):
     import datasets
 
+    text = read_text_file(path, "control data")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number} is not valid JSON ({error})") from error
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            record = load_json_text(line, f"control data {path}", line=number)
+            try:
+                json.dumps(record, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"control data {path}:{number}: a string holds a lone surrogate (an escaped \\ud8xx without its "
+                    "pair); fix or remove that character"
+                ) from None
+            records.append(record)
     if not records:
-        raise ValueError(f"{path} holds no rows")
-    return datasets.Dataset.from_list(records)
+        raise ValueError(f"control data {path} holds no rows")
+    try:
+        return datasets.Dataset.from_list(records)
+    except (TypeError, ValueError) as error:  # pyarrow refusing mixed types in a column
+        raise ValueError(f"control data {path}: its rows do not share one schema ({error})") from None
 
 
 def check_columns(rows) -> None:
@@ -101,10 +110,46 @@ def _target(row: dict, column: str = "target_temperature") -> float:
     return math.nan if value is None else float(value)
 
 
+def _fit_context(group_id: str, members: list[dict], encoded: list[dict], max_positions: int, overlong: str,
+                 source: str) -> list[dict] | None:
+    """``encoded`` cut to ``max_positions`` (``truncate``), None (``skip``, or a prompt alone too long), or an error."""
+    longest = max(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    example = encoded[longest]
+    if len(example["input_ids"]) <= max_positions:
+        return encoded
+    if overlong == "error":
+        row = members[longest]
+        start = example["response_start"]
+        raise ValueError(
+            f"{source}: group {group_id!r} ({row['variant']} row) has {len(example['input_ids'])} tokens (prompt {start} "
+            f"+ response {len(example['input_ids']) - start}) but the model's context is {max_positions} positions; "
+            "set overlong_rows to 'truncate' or 'skip' (--overlong_rows), or shorten the prompt or max_response_tokens"
+        )
+    room = max_positions - max(e["response_start"] for e in encoded)
+    if overlong == "skip" or room < 1:
+        return None
+    return [
+        {key: value[: e["response_start"] + room] if key != "response_start" else value for key, value in e.items()}
+        for e in encoded
+    ]
+
+
 def encode_groups(
-    rows, tokenizer, max_response_tokens: int | None = None, max_groups: int | None = None, first_row: int = 0
+    rows,
+    tokenizer,
+    max_response_tokens: int | None = None,
+    max_groups: int | None = None,
+    first_row: int = 0,
+    max_positions: int | None = None,
+    overlong: str = "error",
+    source: str = "the control data",
 ) -> tuple[list[dict], list[dict]]:
     """Tokenise control rows and gather them by ``group_id``.
+
+    Rows longer than ``max_positions`` (prompt + response; None: no limit) are handled as
+    ``overlong`` says: ``error``, ``truncate`` (the group's shared response is cut so that every
+    variant fits; a group whose prompt alone fills the context is skipped) or ``skip`` (the group is
+    left out). The groups touched are counted in one log line.
 
     Returns ``(groups, examples)``: ``examples[i]`` is ``encode_example`` of one row (in group
     order); each group record holds its rows' ``input_ids``, ``response_start``, ``signed_level``,
@@ -119,10 +164,25 @@ def encode_groups(
     order: dict[str, list[dict]] = {}
     for row in rows:
         order.setdefault(str(row["group_id"]), []).append(row)
-    group_ids = list(order)[:max_groups] if max_groups is not None else list(order)
     groups, examples = [], []
-    for group_id in group_ids:
-        members = order[group_id]
+    truncated = skipped = 0
+    for group_id, members in order.items():
+        if max_groups is not None and len(groups) >= max_groups:
+            break
+        for row in members:
+            if not row.get("response"):
+                raise ValueError(
+                    f"group {group_id!r} has a row without a response: training needs data built with "
+                    "--responses (given or generate)"
+                )
+        encoded = [encode_example(tokenizer, row["messages"], row["response"], max_response_tokens) for row in members]
+        if max_positions is not None:
+            fitted = _fit_context(group_id, members, encoded, max_positions, overlong, source)
+            if fitted is None:
+                skipped += 1
+                continue
+            truncated += fitted is not encoded
+            encoded = fitted
         record = {
             "group_id": group_id,
             "input_ids": [],
@@ -135,13 +195,7 @@ def encode_groups(
             "cache_row": [],
         }
         response = None
-        for row in members:
-            if not row.get("response"):
-                raise ValueError(
-                    f"group {group_id!r} has a row without a response: training needs data built with "
-                    "--responses (given or generate)"
-                )
-            example = encode_example(tokenizer, row["messages"], row["response"], max_response_tokens)
+        for row, example in zip(members, encoded, strict=True):
             ids = example["input_ids"][example["response_start"] :]
             if response is None:
                 response = ids
@@ -158,6 +212,11 @@ def encode_groups(
             examples.append(example)
         record["response_length"] = len(response)
         groups.append(record)
+    if truncated or skipped:
+        logger.warning(
+            "%s: overlong_rows=%s: %d groups cut to the model's context of %d positions, %d groups skipped",
+            source, overlong, truncated, max_positions, skipped,
+        )
     return groups, examples
 
 

@@ -22,6 +22,7 @@ AUTODECO_ROWS = ("uncommanded", "all")
 REDUCTIONS = ("token", "sequence")
 RANKING_SPACES = ("linear", "log")
 BACKBONE_DTYPES = ("float32", "bfloat16", "auto")
+OVERLONG_ROWS = ("error", "truncate", "skip")
 
 
 def fast_bf16_available() -> bool:
@@ -89,6 +90,20 @@ class SteeringConfig(SFTConfig):
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Integrations to report to ('none': no network, no trackers)."}
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue an interrupted run: 'last' (the last complete checkpoint-N folder in output_dir) or a "
+            "checkpoint folder. The checkpoint's saved config must match this run's."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the files of an earlier run in output_dir (only a folder written by steerdeco.train; "
+            "its backbone cache is kept). Without it, training into a non-empty output_dir is refused."
+        },
+    )
     max_length: int | None = field(
         default=None,
         metadata={"help": "Unused by SteeringTrainer (prompts are never truncated); see max_response_tokens."},
@@ -119,6 +134,15 @@ class SteeringConfig(SFTConfig):
     )
     max_response_tokens: int | None = field(
         default=128, metadata={"help": "Truncate every response to this many tokens (EOS included); None: no limit."}
+    )
+    overlong_rows: str = field(
+        default="error",
+        metadata={
+            "help": "Rows whose prompt + response exceed the base model's context: 'error' (refuse the data), "
+            "'truncate' (cut the group's shared response to fit; a group whose prompt alone fills the context is "
+            "skipped) or 'skip' (leave the group out). The number of groups touched is logged.",
+            "choices": list(OVERLONG_ROWS),
+        },
     )
 
     # -- training mode --------------------------------------------------------------------------
@@ -340,6 +364,26 @@ class SteeringConfig(SFTConfig):
         """Whether this run trains from the backbone cache."""
         return bool(self.backbone_cache) if self.backbone_cache is not None else self.training_mode == "head_only"
 
+    def _check_run_fields(self) -> None:
+        """Fields inherited from ``TrainingArguments`` that would fail late (or not at all) when wrong."""
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            raise ValueError("output_dir is empty; set output_dir (--output_dir DIR) to the folder for this run")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}; set --{name} N")
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {rate!r}; set --learning_rate")
+        epochs = self.num_train_epochs
+        if (self.max_steps is None or self.max_steps <= 0) and not (
+            isinstance(epochs, int | float) and math.isfinite(epochs) and epochs > 0
+        ):
+            raise ValueError(
+                f"num_train_epochs must be > 0 when max_steps is not set, got {epochs!r}: the run would save untrained "
+                "heads; set --num_train_epochs or --max_steps"
+            )
+
     def _check_steering_fields(self) -> None:
         def choice(name: str, options: tuple[str, ...]) -> None:
             if getattr(self, name) not in options:
@@ -351,6 +395,8 @@ class SteeringConfig(SFTConfig):
         choice("ranking_reduction", REDUCTIONS)
         choice("ranking_space", RANKING_SPACES)
         choice("backbone_dtype", BACKBONE_DTYPES)
+        choice("overlong_rows", OVERLONG_ROWS)
+        self._check_run_fields()
         weights = (
             "temperature_loss_weight",
             "top_p_loss_weight",

@@ -13,7 +13,11 @@ What changes from ``SFTTrainer`` (everything else, from the optimizer to DDP, lo
   loss, each with its weight; ``log`` adds every term, mean T and P per variant and the share of
   correctly ordered groups;
 * checkpoints: heads (+ LoRA adapter) as safetensors, optimizer/scheduler/RNG state as safetensors
-  + JSON (:mod:`steerdeco.training.checkpoint`); nothing is pickled.
+  + JSON (:mod:`steerdeco.training.checkpoint`); nothing is pickled. A checkpoint is written into a
+  hidden folder and renamed into place when complete;
+* before any model is loaded, :mod:`steerdeco.training.preflight` checks the output folder, the
+  checkpoint to resume from, ``init_heads`` and the control data; the data pass checks every row
+  against the model's context.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +37,9 @@ from trl import SFTTrainer
 
 from ..config import HeadsConfig
 from ..heads import MIN_TEMPERATURE
-from ..io import atomic_write_text
+from ..io import atomic_write_text, mark_output
 from ..losses import AutoDecoLossConfig, LogitSlots, autodeco_losses
-from ..modeling import AutoDecoModel, base_hidden_size
+from ..modeling import AutoDecoModel, base_hidden_size, read_heads
 from ..ranking import (
     VARIANTS,
     absolute_target_loss,
@@ -49,6 +54,8 @@ from .checkpoint import (
     OPTIMIZER_STATE,
     RNG_STATE,
     SCHEDULER_STATE,
+    STEERING_CONFIG_NAME,
+    TRAINER_STATE_NAME,
     has_state,
     load_state,
     load_trained_into,
@@ -57,13 +64,13 @@ from .checkpoint import (
     save_trained,
     set_rng_state,
 )
-from .collator import SteeringCollator, command_split_names, encode_groups, load_control_rows, select_split
+from .collator import SteeringCollator, command_split_names, encode_groups, select_split
 from .config import SteeringConfig
 from .evaluation import QUANTITIES, summarize_ordering
+from .preflight import TOOL, check_init_heads, heads_settings, preflight
 
 logger = logging.getLogger(__name__)
 
-STEERING_CONFIG_NAME = "steering_config.json"
 MODEL_INPUTS = (
     "input_ids",
     "attention_mask",
@@ -117,6 +124,14 @@ def load_base_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model.eval(), tokenizer
 
 
+def context_size(base_model) -> int | None:
+    """The base model's context length (``max_position_embeddings`` of its text config), if it names one."""
+    config = base_model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text_config, "max_position_embeddings", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
 def _lora_config(args: SteeringConfig, base_model=None):
     """peft ``LoraConfig`` of ``args``; with ``lora_layers`` only the top layers of ``base_model`` get adapters."""
     from peft import LoraConfig
@@ -163,11 +178,10 @@ def prepare_model(model: AutoDecoModel, args: SteeringConfig) -> AutoDecoModel:
     elif args.training_mode == "head_only":
         model.base_model.requires_grad_(False)
     if args.init_heads:
-        from safetensors.torch import load_file
-
-        from ..config import HEADS_WEIGHTS_NAME
-
-        model.heads.load_state_dict(load_file(str(Path(args.init_heads) / HEADS_WEIGHTS_NAME)))
+        source = f"init_heads {args.init_heads}"
+        config, state = read_heads(args.init_heads, model.base_model, source=source)
+        check_init_heads(config, heads_settings(model.heads_config), source)
+        model.heads.load_state_dict(state)
     model.heads.requires_grad_(True)
     model.temperature_head.requires_grad_(args.train_heads in ("both", "temperature"))
     model.top_p_head.requires_grad_(args.train_heads in ("both", "top_p"))
@@ -336,6 +350,18 @@ class SteeringTrainer(SFTTrainer):
             args = SteeringConfig()
         if not isinstance(args, SteeringConfig):
             raise TypeError(f"args must be a SteeringConfig, got {type(args).__name__}")
+        # everything that can be checked without a model, before one is loaded
+        plan = preflight(args, need_data=train_dataset is None)
+        self.resume_checkpoint = plan.resume_checkpoint
+        if train_dataset is None:
+            train_dataset = select_split(plan.rows, args.train_split)
+            if eval_dataset is None:
+                eval_dataset = select_split(plan.rows, args.eval_split)
+        if len(train_dataset) == 0:
+            raise ValueError(
+                f"no training rows (split == {args.train_split!r}) in the control data; set train_split to a split "
+                "the data has"
+            )
         if model is None:
             model, tokenizer = build_model(args)
             processing_class = processing_class or tokenizer
@@ -345,27 +371,29 @@ class SteeringTrainer(SFTTrainer):
             raise ValueError("pass the model's tokenizer as processing_class")
         if processing_class.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token (tokenizer.pad_token = tokenizer.eos_token)")
-        if train_dataset is None:
-            if args.dataset_path is None:
-                raise ValueError("give a train_dataset or set dataset_path in the SteeringConfig")
-            rows = load_control_rows(args.dataset_path)
-            train_dataset = select_split(rows, args.train_split)
-            if eval_dataset is None:
-                eval_dataset = select_split(rows, args.eval_split)
-        if len(train_dataset) == 0:
-            raise ValueError(f"no training rows (split == {args.train_split!r}) in the control data")
         if eval_dataset is not None and len(eval_dataset) == 0:
             eval_dataset = None
         self.train_rows, self.eval_rows = train_dataset, eval_dataset
+        limits = {
+            "max_positions": context_size(model.base_model),
+            "overlong": args.overlong_rows,
+            "source": f"control data {args.dataset_path}" if args.dataset_path else "the training rows",
+        }
         train_groups, train_examples = encode_groups(
-            train_dataset, processing_class, args.max_response_tokens, args.max_train_groups
+            train_dataset, processing_class, args.max_response_tokens, args.max_train_groups, **limits
         )
+        if not train_groups:
+            raise ValueError(
+                f"overlong_rows={args.overlong_rows!r} skipped every training group: no prompt fits the model's "
+                f"context of {limits['max_positions']} positions"
+            )
         eval_groups, eval_examples = ([], [])
         if eval_dataset is not None:
             eval_groups, eval_examples = encode_groups(
-                eval_dataset, processing_class, args.max_response_tokens, args.max_eval_groups, len(train_examples)
+                eval_dataset, processing_class, args.max_response_tokens, args.max_eval_groups, len(train_examples),
+                **limits,
             )
-        if eval_dataset is not None and args.max_eval_groups is not None:
+        if eval_dataset is not None and (args.max_eval_groups is not None or args.overlong_rows != "error"):
             kept = {group["group_id"] for group in eval_groups}
             eval_dataset = eval_dataset.select([i for i, g in enumerate(eval_dataset["group_id"]) if str(g) in kept])
             self.eval_rows = eval_dataset  # the final ordering report scores the same groups
@@ -609,7 +637,76 @@ class SteeringTrainer(SFTTrainer):
         self._metric_sums[mode].zero_()
         super().log(logs, start_time)
 
+    # -- running and resuming -------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``Trainer.train``; without ``resume_from_checkpoint`` the config's (checked by the preflight) is used.
+
+        ``True`` or ``"last"`` resumes from the last *complete* checkpoint of ``output_dir``; a folder
+        is checked like the config's (complete, trained with the same settings).
+        """
+        from .preflight import resolve_resume
+
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            checkpoint = self.resume_checkpoint
+        else:
+            checkpoint = resolve_resume(self.args, resume_from_checkpoint)
+        if self.args.should_save:
+            mark_output(self.args.output_dir, TOOL)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+        return super().train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint), **kwargs)
+
     # -- checkpoints (no pickle) ----------------------------------------------------------------
+    def _save_checkpoint(self, model, trial) -> None:
+        """``Trainer._save_checkpoint``, but atomic: everything goes into ``.checkpoint-N.partial``, which is
+        renamed to ``checkpoint-N`` once every process has written its part."""
+        from transformers.trainer_callback import ExportableState
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"checkpoint-{self.state.global_step}"
+        final, staging = run_dir / name, run_dir / f".{name}.partial"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left behind by a killed run
+        self.accelerator.wait_for_everyone()
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.save_model(str(staging), _internal_call=True)
+        if self.state.best_global_step:
+            best = run_dir / f"checkpoint-{self.state.best_global_step}"
+            if best == final or best.exists():
+                self.state.best_model_checkpoint = str(best)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(str(staging))
+            self._save_scaler(str(staging))
+            self._save_rng_state(str(staging))
+        if self.args.should_save:
+            for callback in [*self.callback_handler.callbacks, self.control]:
+                if isinstance(callback, ExportableState):
+                    callback_name = callback.__class__.__name__
+                    if isinstance(self.state.stateful_callbacks[callback_name], list):
+                        self.state.stateful_callbacks[callback_name].append(callback.state())
+                    else:
+                        self.state.stateful_callbacks[callback_name] = callback.state()
+            self.state.save_to_json(str(staging / TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if final.exists():  # the same step saved again (e.g. after a resume): replace it whole
+                old = run_dir / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(staging, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, final)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Heads (+ LoRA adapter) as safetensors and the config as JSON, instead of the whole model and a
         pickled ``training_args.bin``. Only the writing process saves."""
@@ -646,10 +743,13 @@ class SteeringTrainer(SFTTrainer):
         """Read the optimizer and scheduler state written by ``_save_optimizer_and_scheduler``."""
         if checkpoint is None:
             return
-        if has_state(checkpoint, OPTIMIZER_STATE):
-            self.optimizer.load_state_dict(load_state(checkpoint, OPTIMIZER_STATE))
-        if has_state(checkpoint, SCHEDULER_STATE):
-            self.lr_scheduler.load_state_dict(load_state(checkpoint, SCHEDULER_STATE))
+        for name, target in ((OPTIMIZER_STATE, self.optimizer), (SCHEDULER_STATE, self.lr_scheduler)):
+            if not has_state(checkpoint, name):
+                raise ValueError(
+                    f"checkpoint {checkpoint} has no {name} state ({name}.json/.safetensors): it cannot continue the "
+                    "run exactly; resume from a full checkpoint or start afresh with --overwrite_output_dir"
+                )
+            target.load_state_dict(load_state(checkpoint, name))
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         """Restore the RNG states written by ``_save_rng_state``."""
