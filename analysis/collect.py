@@ -25,7 +25,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +117,7 @@ def _seeded_batches(model, tokenizer, rows: list[dict], seeds: list[int], batch_
     Each batch is seeded with ``seed * 1_000_003 + batch index`` so that the result does not depend on
     anything that ran before.
     """
+    import torch
     from tqdm.auto import tqdm
 
     if not seeds:
@@ -200,6 +200,8 @@ def prompt_only_scores(
     Raises:
         ValueError: ``temperature`` is not a positive finite number.
     """
+    import torch
+
     from steerdeco.decoding import generated_mask
 
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature <= 0:

@@ -78,20 +78,27 @@ TOLERANCES = {"target_temperature": temperature_tolerance, "target_top_p": top_p
 # ---------------------------------------------------------------------------------------- seen values
 
 
-def seen_values(rows: Iterable[Mapping] | pd.DataFrame, column: str = "target_temperature", split: str = "train") -> list[float]:
-    """Sorted distinct finite values of ``column`` on the rows of prompt split ``split`` (control rows or scores)."""
+def seen_values(rows: Iterable[Mapping] | pd.DataFrame, column: str = "target_temperature", split: str = "train") -> list[float] | None:
+    """Sorted distinct finite values of ``column`` on the rows of prompt split ``split`` (control rows or scores).
+
+    None (unknown) when no row belongs to ``split``; ``[]`` when its rows name no value.
+    """
     if isinstance(rows, pd.DataFrame):
-        if column not in rows.columns or "split" not in rows.columns:
+        if "split" not in rows.columns or not (rows["split"] == split).any():
+            return None
+        if column not in rows.columns:
             return []
         values = pd.to_numeric(rows.loc[rows["split"] == split, column], errors="coerce")
     else:
-        values = pd.Series([r.get(column) for r in rows if r.get("split") == split], dtype=object)
-        values = pd.to_numeric(values, errors="coerce")
+        chosen = [r for r in rows if r.get("split") == split]
+        if not chosen:
+            return None
+        values = pd.to_numeric(pd.Series([r.get(column) for r in chosen], dtype=object), errors="coerce")
     values = values[np.isfinite(values.to_numpy(dtype=float))]
     return sorted({round(float(v), 6) for v in values})
 
 
-def seen_targets(rows: Iterable[Mapping] | pd.DataFrame, split: str = "train") -> dict[str, list[float]]:
+def seen_targets(rows: Iterable[Mapping] | pd.DataFrame, split: str = "train") -> dict[str, list[float] | None]:
     """``{target column: seen_values(rows, column)}`` for both named-value columns."""
     rows = rows if isinstance(rows, pd.DataFrame) else list(rows)
     return {column: seen_values(rows, column, split) for column in TARGET_COLUMNS}

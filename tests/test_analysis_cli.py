@@ -235,7 +235,8 @@ def test_run_analysis_in_memory(in_memory, tmp_path):
     model, tokenizer, rows = in_memory
     tokenizer.padding_side = "right"
     markdown, tables = run_analysis(model, tokenizer, rows, protocols=["teacher_forced", "free_running"], seeds=(0, 1),
-                                    max_new_tokens=4, free_running_groups=3, split="all", n_boot=30, progress=False)
+                                    max_new_tokens=4, free_running_groups=3, free_running_variants="all", split="all",
+                                    n_boot=30, progress=False)
     assert tokenizer.padding_side == "right"  # restored after free-running generation
     assert "### Consistency (held-out prompts, all phrasings)" in markdown and "](figures/" not in markdown
     for protocol in ("teacher_forced", "free_running"):
