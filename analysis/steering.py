@@ -258,7 +258,7 @@ def named_value_rows(scores: pd.DataFrame, column: str = "target_temperature", s
     named["value"] = named[METRICS[metric]].astype(float)
     named["error"] = named["value"] - named["target"]
     named["tolerance"] = TOLERANCES[column](named["target"].to_numpy())
-    named["on_target"] = (named["error"].abs() <= named["tolerance"] + 1e-12).to_numpy()
+    named["on_target"] = (named["error"].abs() <= named["tolerance"] + 1e-6).to_numpy()  # float32 scores
     if seen is None:
         named["seen"] = None
     else:
