@@ -62,7 +62,14 @@ from .consistency import (
     validate_scores,
 )
 from .decomposition import decomposition, decomposition_display
-from .scorecard import json_ready, measures_markdown, sample_table, scorecard, scorecard_markdown, steering_measures
+from .scorecard import (
+    json_ready,
+    measures_markdown,
+    sample_table,
+    scorecard,
+    scorecard_markdown,
+    steering_measures,
+)
 from .text_effects import text_effects, text_effects_display
 from .trajectories import binned_trajectories, example_group, select_trajectory
 
