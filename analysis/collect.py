@@ -12,7 +12,7 @@ Two protocols, and a baseline:
 All return a pandas DataFrame with one row per (variant row, seed) and the columns the
 ``analysis`` statistics expect: ``group_id, prompt_id, variant, level, command_id, command_split,
 placement, split, command, target_temperature, target_top_p, seed, temperature, top_p`` (1-D numpy
-arrays) and, generated, ``text``. :func:`select_variant_rows` picks the rows worth generating
+arrays), ``prompt_text`` (the no-command rows' user message) and, generated, ``text``. :func:`select_variant_rows` picks the rows worth generating
 (:data:`DEFAULT_FREE_RUNNING_VARIANTS`).
 """
 
@@ -44,6 +44,9 @@ def _meta(row: dict) -> dict:
     meta = {c: row[c] for c in META_COLUMNS}
     for column in OPTIONAL_META_COLUMNS:
         meta[column] = row.get(column)
+    if row["variant"] == "none":  # the plain prompt, for reports that show text (commanded rows carry the command)
+        users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+        meta["prompt_text"] = users[-1] if users else None
     return meta
 
 

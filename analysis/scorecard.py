@@ -307,7 +307,8 @@ def sample_table(free_running: pd.DataFrame, n_prompts: int = 2, level: int = 3)
             picks[variant] = held if len(held) else chosen
         if any(frame.empty for frame in picks.values()):
             continue
-        record = {"Prompt": str(group_id)}
+        prompt = picks["none"].iloc[0].get("prompt_text") if "prompt_text" in cell.columns else None
+        record = {"Prompt": _clip(prompt, 160) if isinstance(prompt, str) and prompt else str(group_id)}
         for variant, column in (("low", columns[1]), ("none", columns[2]), ("high", columns[3])):
             row = picks[variant].iloc[0]
             text = _clip(row["text"])

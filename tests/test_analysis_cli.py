@@ -119,6 +119,8 @@ def test_cli_writes_the_prompt_only_baseline_and_the_scorecard(full_run):
     assert len(prompt_only) == len(free) and set(free["variant"]) <= {"none", "low", "high", "placebo"}
     levels = free.loc[free["variant"].isin(["low", "high"]), "level"]
     assert set(levels) == {3}  # the default selection: none, low3, high3, placebo, zero
+    assert free.loc[free["variant"] == "none", "prompt_text"].isin(PROMPTS).all()
+    assert "| " + free.loc[free["variant"] == "none", "prompt_text"].iloc[0] in result.markdown  # samples side by side
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["scorecard"][0]["key"] == "baseline_t" and "## Scorecard (issues 12 and 16)" in result.markdown
     run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
