@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .collect import DEFAULT_FREE_RUNNING_VARIANTS
+from .collect import DEFAULT_FREE_RUNNING_VARIANTS, parse_variant_selection
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,6 @@ class AnalysisConfig:
             if getattr(self, name) is not None:
                 self._check_int(name, minimum)
         try:
-            from .collect import parse_variant_selection
-
             self.free_running_variants = ",".join(parse_variant_selection(self.free_running_variants))
         except (ValueError, AttributeError, TypeError) as error:
             raise AnalysisError(f"--free-running-variants: {error}") from None
