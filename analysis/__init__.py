@@ -6,7 +6,10 @@ Input everywhere: a pandas DataFrame of *variant scores*, one row per measured v
 * :mod:`analysis.consistency`: paired effects, consistency, CIs, tests, breakdowns, dose-response,
   Markdown formatting, :func:`~analysis.consistency.synthetic_scores`;
 * :mod:`analysis.trajectories`: per-token trajectories and position-binned means;
-* :mod:`analysis.text_effects`: distinct-n, self-BLEU and length of free-running texts;
+* :mod:`analysis.text_effects`: distinct-n, self-BLEU, compression and length of free-running texts,
+  and the text-level steering measures (:func:`~analysis.text_effects.text_measures`);
+* :mod:`analysis.steering`: the parameter-level steering measures of ``MEASURES.md`` per command split;
+* :mod:`analysis.scorecard`: the targets of issues 12 and 16 against the measured values;
 * :mod:`analysis.decomposition`: constant shift vs token-level change (teacher-forced);
 * :mod:`analysis.plots`: PNG figures (matplotlib imported lazily, Agg canvas);
 * :mod:`analysis.report`: the ``results/`` folder (tables, figures, ``report.md``);
@@ -35,8 +38,10 @@ from .consistency import (
 )
 from .decomposition import decompose_shift, decomposition, decomposition_summary
 from .report import analyse, write_report
+from .scorecard import scorecard, steering_measures
 from .scores_io import load_results, load_scores, save_scores
-from .text_effects import distinct_n, self_bleu, text_effects
+from .steering import parameter_measures, seen_targets
+from .text_effects import compression_ratio, distinct_n, self_bleu, text_effects, text_measures
 from .trajectories import binned_trajectories, select_trajectory
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "analyse",
     "binned_trajectories",
     "breakdowns",
+    "compression_ratio",
     "consistency_table",
     "decompose_shift",
     "decomposition",
@@ -58,12 +64,17 @@ __all__ = [
     "markdown_table",
     "paired_differences",
     "paired_stats",
+    "parameter_measures",
     "run_analysis",
     "save_scores",
+    "scorecard",
+    "seen_targets",
     "select_trajectory",
     "self_bleu",
+    "steering_measures",
     "synthetic_scores",
     "text_effects",
+    "text_measures",
     "validate_scores",
     "write_report",
 ]

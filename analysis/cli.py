@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .collect import DEFAULT_FREE_RUNNING_VARIANTS, parse_variant_selection
+
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("teacher_forced", "free_running")
@@ -138,6 +140,9 @@ class AnalysisConfig:
     max_new_tokens: int = 48
     max_groups: int | None = None
     free_running_groups: int | None = None
+    free_running_variants: str = ",".join(DEFAULT_FREE_RUNNING_VARIANTS)
+    prompt_only: bool = True
+    prompt_only_temperature: float = 1.0
     split: str = "eval"
     n_boot: int = 2000
     seed: int = 0
@@ -174,7 +179,15 @@ class AnalysisConfig:
         for name, minimum in (("max_prompts", 1), ("max_groups", 2), ("free_running_groups", 2)):
             if getattr(self, name) is not None:
                 self._check_int(name, minimum)
-        for name in ("overwrite", "figures", "progress"):
+        try:
+            self.free_running_variants = ",".join(parse_variant_selection(self.free_running_variants))
+        except (ValueError, AttributeError, TypeError) as error:
+            raise AnalysisError(f"--free-running-variants: {error}") from None
+        temperature = self.prompt_only_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature <= 0:
+            raise AnalysisError(f"--prompt-only-temperature must be a number > 0, got {temperature!r}")
+        self.prompt_only_temperature = float(temperature)
+        for name in ("overwrite", "figures", "progress", "prompt_only"):
             if not isinstance(getattr(self, name), bool):
                 raise AnalysisError(f"{option_name(name)} must be true or false, got {getattr(self, name)!r}")
         for name, choices in (("split", SPLITS), ("responses", RESPONSE_MODES), ("device", DEVICES)):
@@ -248,6 +261,15 @@ def make_parser() -> argparse.ArgumentParser:
                        help="analyse a seeded random subset of at most N prompt groups (quick runs; >= 2)")
     group.add_argument("--free-running-groups", type=int, metavar="N",
                        help="generate free-running responses for a seeded subset of at most N of those groups only (>= 2)")
+    group.add_argument("--free-running-variants", metavar="LIST",
+                       help="rows that generate free-running text: none, placebo, zero (commands naming temperature 0), "
+                       "low/high (every level) or lowK/highK, comma-separated, or all "
+                       f"(default: {d['free_running_variants'].default})")
+    group.add_argument("--prompt-only", action=argparse.BooleanOptionalAction,
+                       help="also generate the free-running rows with the base model without heads at one fixed temperature, "
+                       "the command in the prompt (the baseline steering must beat; default: on)")
+    group.add_argument("--prompt-only-temperature", type=float, metavar="T",
+                       help=f"sampling temperature of the prompt-only baseline (default: {d['prompt_only_temperature'].default})")
     group.add_argument("--n-boot", type=int, metavar="N", help=f"bootstrap resamples (default: {d['n_boot'].default})")
     group.add_argument("--seed", type=int, metavar="N",
                        help="seed of the bootstrap, the --max-groups subset and the on-the-fly build (default: 0)")
@@ -495,14 +517,19 @@ def score_rows(
     progress: bool = True,
     free_running_groups: int | None = None,
     seed: int = 0,
+    free_running_variants: str | Sequence[str] = DEFAULT_FREE_RUNNING_VARIANTS,
+    prompt_only_temperature: float | None = None,
 ) -> dict[str, pd.DataFrame]:
     """``{protocol: variant scores}`` of ``model`` (an AutoDecoModel) on control-data ``rows``.
 
     ``free_running_groups``: generate for a seeded random subset (``seed``) of at most that many
-    groups only (generation costs far more than teacher forcing). Free-running generation pads on
-    the left; the tokenizer's ``padding_side`` is restored afterwards.
+    groups only (generation costs far more than teacher forcing); ``free_running_variants``: and
+    only their rows that this selection names (:func:`analysis.collect.select_variant_rows`).
+    ``prompt_only_temperature``: also generate those rows with the base model without heads at
+    this temperature (key ``prompt_only``, :func:`analysis.collect.prompt_only_scores`). Generation
+    pads on the left; the tokenizer's ``padding_side`` is restored afterwards.
     """
-    from .collect import free_running_scores, teacher_forced_scores
+    from .collect import free_running_scores, prompt_only_scores, select_variant_rows, teacher_forced_scores
 
     protocols = normalise_protocols(list(protocols))
     rows = as_row_list(rows)
@@ -520,11 +547,22 @@ def score_rows(
                 if isinstance(free_running_groups, bool) or not isinstance(free_running_groups, int) or free_running_groups < 2:
                     raise AnalysisError(f"--free-running-groups must be an integer >= 2, got {free_running_groups!r}")
                 subset = select_rows(rows, "all", free_running_groups, seed)
+            try:
+                subset = select_variant_rows(subset, free_running_variants)
+            except ValueError as error:
+                raise AnalysisError(f"--free-running-variants: {error}") from None
+            if not subset:
+                raise AnalysisError(f"--free-running-variants {free_running_variants!r} selects none of the rows; name "
+                                    "variants the data has (e.g. none,low3,high3,placebo,zero) or all")
             padding_side = tokenizer.padding_side
             tokenizer.padding_side = "left"
             try:
                 scores[protocol] = free_running_scores(model, tokenizer, subset, seeds=normalise_seeds(list(seeds)),
                                                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+                if prompt_only_temperature is not None:
+                    scores["prompt_only"] = prompt_only_scores(
+                        model, tokenizer, subset, seeds=normalise_seeds(list(seeds)), temperature=prompt_only_temperature,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
             finally:
                 tokenizer.padding_side = padding_side
         logger.info("%s: %d score rows in %.1f s", protocol, len(scores[protocol]), time.perf_counter() - start)
@@ -551,23 +589,28 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def analyse_scores(
-    scores: Mapping[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True
+    scores: Mapping[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True,
+    seen: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
-    """``(markdown, tables)`` of the given protocols without writing anything (no figures)."""
+    """``(markdown, tables)`` of the given protocols (and ``prompt_only`` scores) without writing anything (no figures)."""
     from .report import analyse_protocols, render_markdown
 
-    tables, meta = analyse_protocols(dict(scores), n_boot=n_boot, seed=seed, eval_only=eval_only)
+    given = {p: s for p, s in scores.items() if p in PROTOCOLS}
+    tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only,
+                                     prompt_only=scores.get("prompt_only"), seen=seen)
     return render_markdown(tables, None, meta), tables
 
 
 def _run_section(run_info: Mapping) -> str:
     lines = ["## Run", ""]
-    for key in ("heads", "model", "data", "protocols", "seeds", "split", "max_groups", "max_new_tokens"):
+    for key in ("heads", "model", "data", "protocols", "seeds", "split", "max_groups", "max_new_tokens",
+                "free_running_groups", "free_running_variants", "prompt_only_temperature"):
         if run_info.get(key) is not None:
             value = run_info[key]
             value = ", ".join(str(v) for v in value) if isinstance(value, list | tuple) else value
             lines.append(f"* {key.replace('_', ' ')}: `{value}`")
-    lines += ["", "Raw per-row scores: " + ", ".join(f"`{n}`" for n in _score_files(run_info.get("protocols"))) +
+    scored = list(run_info.get("n_rows") or run_info.get("protocols") or PROTOCOLS)
+    lines += ["", "Raw per-row scores: " + ", ".join(f"`{n}`" for n in _score_files(scored)) +
               " (arrays as lists; `analysis.scores_io.load_results(folder)` reads them back); options in `run.json`.", ""]
     return "\n".join(lines)
 
@@ -575,7 +618,7 @@ def _run_section(run_info: Mapping) -> str:
 def _score_files(protocols) -> list[str]:
     from .scores_io import SCORE_FILES
 
-    return [SCORE_FILES[p] for p in (protocols or PROTOCOLS) if p in SCORE_FILES]
+    return [SCORE_FILES[p] for p in (protocols or PROTOCOLS) if p in SCORE_FILES]  # prompt_only too, when scored
 
 
 def _json_default(value):
@@ -597,11 +640,14 @@ def write_results(
     figures: bool = True,
     run_info: Mapping | None = None,
     extra_dirs: Mapping[str, str | os.PathLike] | None = None,
+    seen: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Write a results folder: :func:`~analysis.report.write_report`'s files, the raw scores, ``run.json``.
 
     Everything is assembled in a hidden temporary sibling of ``out_dir`` and renamed into place at
     the end. ``extra_dirs`` (``{name: folder}``) are *moved* into the results under ``name``.
+    ``scores`` may also hold ``prompt_only`` (the prompt-only baseline); ``seen``: the named values of
+    the train prompts (:func:`analysis.steering.seen_targets`).
 
     Raises:
         AnalysisError: ``out_dir`` is a non-empty folder and ``overwrite`` is False, or an unknown protocol.
@@ -611,8 +657,8 @@ def write_results(
     from .report import write_report
     from .scores_io import SCORE_FILES, save_scores
 
-    unknown = sorted(set(scores) - set(PROTOCOLS))
-    if unknown or not scores:
+    unknown = sorted(set(scores) - set(PROTOCOLS) - {"prompt_only"})
+    if unknown or not set(scores) & set(PROTOCOLS):
         raise AnalysisError(f"scores must be keyed by protocols of {list(PROTOCOLS)}, got {sorted(scores)}")
     out = check_out_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -621,7 +667,8 @@ def write_results(
         report_dir = staging / "report"
         markdown, tables = write_report(report_dir, teacher_forced=scores.get("teacher_forced"),
                                         free_running=scores.get("free_running"), n_boot=n_boot, seed=seed,
-                                        eval_only=eval_only, figures=figures)
+                                        eval_only=eval_only, figures=figures, prompt_only=scores.get("prompt_only"),
+                                        seen=seen)
         for entry in report_dir.iterdir():
             os.replace(entry, staging / entry.name)
         report_dir.rmdir()
@@ -677,6 +724,9 @@ def run_analysis(
     progress: bool = True,
     overwrite: bool = False,
     run_info: Mapping | None = None,
+    free_running_variants: str | Sequence[str] = DEFAULT_FREE_RUNNING_VARIANTS,
+    prompt_only_temperature: float | None = 1.0,
+    seen: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Score an in-memory model on control-data rows and analyse (what ``python -m analysis`` does after loading).
 
@@ -692,6 +742,10 @@ def run_analysis(
             and the ``free_running_groups`` subset.
         n_boot, figures, overwrite: the report (see :func:`analysis.report.write_report`).
         run_info: written as ``run.json`` (and summarised in ``report.md``) when given.
+        free_running_variants, prompt_only_temperature: which rows generate text, and the
+            prompt-only baseline's temperature (None: no baseline); see :func:`score_rows`.
+        seen: named values of the train prompts (:func:`analysis.steering.seen_targets`); None:
+            taken from the ``train`` rows among ``rows`` (pass every row, ``split`` picks the analysed ones).
 
     Returns:
         ``(markdown, tables)``: the report text and ``{"<protocol>.<name>": DataFrame}``;
@@ -707,15 +761,21 @@ def run_analysis(
     protocols = normalise_protocols(list(protocols))
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)  # fail before the expensive part
+    from .steering import seen_targets
+
+    rows = as_row_list(rows)
+    if seen is None:
+        seen = seen_targets(rows)
     selected = select_rows(rows, split=split, max_groups=max_groups, seed=seed)
     scores = score_rows(model, tokenizer, selected, protocols, seeds, max_new_tokens, batch_size, progress,
-                        free_running_groups=free_running_groups, seed=seed)
+                        free_running_groups=free_running_groups, seed=seed, free_running_variants=free_running_variants,
+                        prompt_only_temperature=prompt_only_temperature)
     eval_only = split == "eval"
     if out_dir is None:
-        markdown, tables = analyse_scores(scores, n_boot=n_boot, seed=seed, eval_only=eval_only)
+        markdown, tables = analyse_scores(scores, n_boot=n_boot, seed=seed, eval_only=eval_only, seen=seen)
     else:
         markdown, tables = write_results(out_dir, scores, overwrite=overwrite, n_boot=n_boot, seed=seed,
-                                         eval_only=eval_only, figures=figures, run_info=run_info)
+                                         eval_only=eval_only, figures=figures, run_info=run_info, seen=seen)
     tables.update({f"scores.{protocol}": frame for protocol, frame in scores.items()})
     return markdown, tables
 
@@ -764,9 +824,14 @@ def run(config: AnalysisConfig) -> AnalysisResult:
     heads_dir = resolve_heads(config.heads)
     model_name = config.model or default_model(heads_dir)
     device = resolve_device(config.device)
+    from .steering import seen_targets
+
     rows = None
+    seen = None
     if config.data is not None:
-        rows = select_rows(_load_data(config), config.split, config.max_groups, config.seed, source=f"--data {config.data}")
+        loaded = _load_data(config)
+        seen = seen_targets(loaded)
+        rows = select_rows(loaded, config.split, config.max_groups, config.seed, source=f"--data {config.data}")
         if "teacher_forced" in config.protocols:
             check_responses(rows, source=f"--data {config.data}")
 
@@ -796,13 +861,15 @@ def run(config: AnalysisConfig) -> AnalysisResult:
                 work.mkdir(parents=True, exist_ok=True)
                 owned_work = True
             built = build_rows(config, base, tokenizer, work, model_name)
+            seen = seen_targets(built)
             source = f"control data built from --prompts {', '.join(config.prompts)}"
             rows = select_rows(built, config.split, config.max_groups, config.seed, source=source)
         model = attach_heads(heads_dir, base, model_name).to(device)
         logger.info("scoring %d rows (%d groups) with %s", len(rows), len({r["group_id"] for r in rows}), ", ".join(config.protocols))
         scores = score_rows(model, tokenizer, rows, config.protocols, config.seeds, config.max_new_tokens,
                             config.batch_size, config.progress, free_running_groups=config.free_running_groups,
-                            seed=config.seed)
+                            seed=config.seed, free_running_variants=config.free_running_variants,
+                            prompt_only_temperature=config.prompt_only_temperature if config.prompt_only else None)
         options = asdict(config)
         if config.data is not None:  # options of the on-the-fly build did not apply
             for name in BUILD_OPTIONS:
@@ -824,7 +891,7 @@ def run(config: AnalysisConfig) -> AnalysisResult:
             markdown, tables = write_results(
                 out, scores, overwrite=config.overwrite, n_boot=config.n_boot, seed=config.seed,
                 eval_only=config.split == "eval", figures=config.figures, run_info=run_info,
-                extra_dirs={WORK_DIR: work} if owned_work else None,
+                extra_dirs={WORK_DIR: work} if owned_work else None, seen=seen,
             )
         except AnalysisError:
             raise

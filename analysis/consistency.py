@@ -500,15 +500,16 @@ def dose_response(
     for metric in metrics:
         pairs = paired_differences(scores, metric, by="level", variants=("low", "high"))
         x = np.array([signed_level(v, lv) for v, lv in zip(pairs["variant"], pairs["level"], strict=True)], dtype=float)
-        rows.append({"metric": metric, "on": "delta", **_spearman(x, pairs["delta"].to_numpy(dtype=float))})
+        rows.append({"metric": metric, "on": "delta", **spearman(x, pairs["delta"].to_numpy(dtype=float))})
         scored, column = _ensure_metric(scores[scores["variant"].isin(["none", "low", "high"])], metric)
         scored = add_signed_level(scored)
         cell = scored.groupby(["group_id", "signed_level"])[column].mean().reset_index()
-        rows.append({"metric": metric, "on": "mean", **_spearman(cell["signed_level"].to_numpy(float), cell[column].to_numpy(float))})
+        rows.append({"metric": metric, "on": "mean", **spearman(cell["signed_level"].to_numpy(float), cell[column].to_numpy(float))})
     return levels, pd.DataFrame(rows, columns=["metric", "on", "n", "rho", "p"])
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> dict:
+def spearman(x: np.ndarray, y: np.ndarray) -> dict:
+    """``{"n", "rho", "p"}`` of :func:`scipy.stats.spearmanr` over the finite pairs; NaN rho with < 3 pairs or a constant side."""
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     if x.size < 3 or np.unique(x).size < 2 or np.unique(y).size < 2:

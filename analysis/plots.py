@@ -176,6 +176,54 @@ def plot_effects(
     return _finish(fig, path, overwrite)
 
 
+def plot_calibration(
+    named: pd.DataFrame,
+    metric: str = "temperature",
+    path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    title: str | None = None,
+):
+    """Named value X vs predicted response-mean value, one point per row, with the identity line and tolerance band.
+
+    ``named``: :func:`analysis.steering.named_value_rows` (``target, value, tolerance, seen, command_split``).
+    Train wordings as circles, held-out wordings as triangles; seen values filled, unseen hollow.
+    """
+    if named.empty:
+        raise ValueError("no rows name a value: nothing to plot")
+    fig, axes = _figure(1, 1, (5.2, 5.0))
+    ax = axes[0, 0]
+    targets = np.sort(named["target"].unique().astype(float))
+    from .steering import temperature_tolerance, top_p_tolerance
+
+    lo = min(0.0, float(np.nanmin(named["value"])), float(targets.min())) - 0.05
+    hi = max(float(np.nanmax(named["value"])), float(targets.max())) * 1.05 + 0.05
+    grid = np.linspace(lo, hi, 200)
+    band = (temperature_tolerance if metric == "temperature" else top_p_tolerance)(np.maximum(grid, 0.0))
+    ax.fill_between(grid, grid - band, grid + band, color="tab:green", alpha=0.12, linewidth=0, label="on target")
+    ax.plot(grid, grid, color="black", linewidth=1.0, label="identity")
+    rng = np.random.default_rng(0)  # horizontal jitter so that the rows of one value do not hide each other
+    jitter = 0.01 * (hi - lo)
+    seen = named["seen"].map({True: "seen", False: "unseen"}).fillna("")
+    for split, marker, color in (("train", "o", "tab:blue"), ("heldout", "^", "tab:red")):
+        for kind in ("seen", "unseen", ""):
+            cell = named[(named["command_split"].astype(str) == split) & (seen == kind)]
+            if cell.empty:
+                continue
+            x = cell["target"].to_numpy(float) + rng.uniform(-jitter, jitter, len(cell))
+            ax.scatter(x, cell["value"], marker=marker, s=16, alpha=0.7,
+                       label=f"{split} wordings" + (f", {kind} value" if kind else ""),
+                       facecolors="none" if kind == "unseen" else color, edgecolors=color)
+    name = METRIC_NAMES.get(metric, metric)
+    ax.set_xlabel(f"named {name}")
+    ax.set_ylabel(f"predicted response-mean {name}")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.suptitle(title or f"Named {name}: calibration (held-out prompts)")
+    return _finish(fig, path, overwrite)
+
+
 def is_png(path: str | os.PathLike) -> bool:
     """True when the file starts with the PNG signature."""
     with open(path, "rb") as handle:

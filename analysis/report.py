@@ -25,8 +25,13 @@ Either protocol may be omitted. Per protocol, :func:`analyse` computes (keys ``<
 ============================  =============================================================
 
 All tables except ``main`` are computed on held-out prompts too (``eval_only``), except
-``by_prompt_split``. Files: ``tables/<protocol>_<name>.csv|.json``, ``figures/<protocol>_*.png``,
-``report.md``, ``summary.json``. The folder is built under a temporary name next to ``out_dir``
+``by_prompt_split``. On top, the steering measures of ``MEASURES.md`` and the scorecard of the
+issues' targets (:mod:`analysis.scorecard`; tables ``steering.*`` and ``text.*``, figures
+``calibration_temperature.png`` / ``calibration_top_p.png`` when commands name values); the
+report opens with the scorecard, two prompts' samples side by side and the paper's comparison
+row. Files: ``tables/<protocol>_<name>.csv|.json``, ``figures/<protocol>_*.png``, ``report.md``,
+``summary.json`` (run metadata, ``scorecard``: one entry per target, ``measures``: every number
+behind it; NaN written as null). The folder is built under a temporary name next to ``out_dir``
 and renamed into place at the end; an existing ``out_dir`` is refused unless ``overwrite=True``.
 """
 
@@ -57,6 +62,14 @@ from .consistency import (
     validate_scores,
 )
 from .decomposition import decomposition, decomposition_display
+from .scorecard import (
+    json_ready,
+    measures_markdown,
+    sample_table,
+    scorecard,
+    scorecard_markdown,
+    steering_measures,
+)
 from .text_effects import text_effects, text_effects_display
 from .trajectories import binned_trajectories, example_group, select_trajectory
 
@@ -159,6 +172,23 @@ def make_figures(
     return made
 
 
+def calibration_figures(tables: Mapping[str, pd.DataFrame], folder: str | os.PathLike) -> dict[str, str]:
+    """Calibration plots of the named-value rows (``steering.named_*`` tables) into ``folder``; ``{name: file}``."""
+    made = {}
+    for name, metric in (("named_temperature", "temperature"), ("named_top_p", "top_p")):
+        named = tables.get(f"steering.{name}")
+        if named is None or named.empty:
+            continue
+        file = f"calibration_{metric}.png"
+        try:
+            plots.plot_calibration(named, metric, path=Path(folder) / file)
+        except ValueError as err:
+            logger.warning("figure %s skipped: %s", file, err)
+            continue
+        made[f"calibration_{metric}"] = file
+    return made
+
+
 def render_markdown(
     tables: Mapping[str, pd.DataFrame],
     figures: Mapping[str, Mapping[str, str]] | None = None,
@@ -169,6 +199,7 @@ def render_markdown(
     figures = figures or {}
     meta = dict(meta or {})
     lines = [f"# {title}", ""]
+    lines += scorecard_markdown(meta, tables)
     lines += [
         "Paired analysis over prompt groups: every commanded variant is compared with the no-command variant of the "
         "same prompt (and seed), differences are averaged within a group, and groups are the units. "
@@ -236,6 +267,7 @@ def render_markdown(
             lines += ["### Figures", ""]
             for fig_name, file in figs.items():
                 lines += [f"![{fig_name.replace('_', ' ')}](figures/{file})", ""]
+    lines += measures_markdown(meta, tables, figures)
     lines += ["## Files", "", "Every table is in `tables/` as CSV and JSON (`<protocol>_<table>`), figures in `figures/`.", ""]
     return "\n".join(lines)
 
@@ -258,15 +290,35 @@ def _write_table(folder: Path, stem: str, table: pd.DataFrame) -> None:
 
 
 def analyse_protocols(
-    given: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True
+    given: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True,
+    prompt_only: pd.DataFrame | None = None, seen: Mapping | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
-    """:func:`analyse` every protocol's scores: ``({"<protocol>.<table>": DataFrame}, report metadata)``."""
+    """:func:`analyse` every protocol's scores: ``({"<protocol>.<table>": DataFrame}, report metadata)``.
+
+    The metadata also holds the steering ``measures``, the ``scorecard`` and the side-by-side
+    ``samples`` (:mod:`analysis.scorecard`), computed on held-out prompts; ``prompt_only``: the
+    prompt-only baseline's generated scores; ``seen``: named values of the train prompts
+    (:func:`analysis.steering.seen_targets`).
+    """
     tables: dict[str, pd.DataFrame] = {}
     meta: dict = {"n_boot": n_boot, "seed": seed, "eval_only": eval_only}
     for protocol, scores in given.items():
         for name, table in analyse(scores, protocol, eval_only=eval_only, n_boot=n_boot, seed=seed).items():
             tables[f"{protocol}.{name}"] = table
         meta[protocol] = _meta(scores, eval_only)
+    held = {p: prepare_scores(held_out(s)[0]) for p, s in given.items()}
+    if prompt_only is not None:
+        meta["prompt_only"] = _meta(prompt_only, eval_only)
+        fixed = prepare_scores(prompt_only)["mean_temperature"].dropna()
+        meta["prompt_only"]["temperature"] = float(fixed.iloc[0]) if len(fixed) else None
+        prompt_only = held_out(prompt_only)[0]
+    measures, measure_tables = steering_measures(held.get("teacher_forced"), held.get("free_running"), prompt_only,
+                                                 seen=seen, n_boot=n_boot, seed=seed)
+    tables.update(measure_tables)
+    meta["measures"] = json_ready(measures)
+    meta["scorecard"] = json_ready(scorecard(measures))
+    if "free_running" in held:
+        meta["samples"] = sample_table(held["free_running"]).to_dict(orient="records")
     return tables, meta
 
 
@@ -279,8 +331,12 @@ def write_report(
     seed: int = 0,
     eval_only: bool = True,
     figures: bool = True,
+    prompt_only: pd.DataFrame | None = None,
+    seen: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Analyse the given protocols and write ``out_dir`` (module docstring).
+
+    ``prompt_only`` and ``seen``: see :func:`analyse_protocols`.
 
     Returns:
         ``(markdown, tables)``: the report text and ``{"<protocol>.<name>": DataFrame}``.
@@ -295,7 +351,8 @@ def write_report(
     given = {k: v for k, v in (("teacher_forced", teacher_forced), ("free_running", free_running)) if v is not None}
     if not given:
         raise ValueError("write_report needs teacher_forced and/or free_running variant scores")
-    tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only)
+    tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only, prompt_only=prompt_only,
+                                     seen=seen)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -305,12 +362,16 @@ def write_report(
             for protocol, scores in given.items():
                 own = {k.split(".", 1)[1]: v for k, v in tables.items() if k.startswith(protocol + ".")}
                 fig_files[protocol] = make_figures(prepare_scores(scores), own, tmp / "figures", protocol, eval_only=eval_only)
+            calibration = calibration_figures(tables, tmp / "figures")
+            if calibration:
+                fig_files["calibration"] = calibration
         for key, table in tables.items():
             _write_table(tmp / "tables", key.replace(".", "_"), table)
         markdown = render_markdown(tables, fig_files, meta)
         plots.atomic_write(tmp / "report.md", lambda path: Path(path).write_text(markdown, encoding="utf-8"))
-        summary = {**meta, "tables": sorted(tables), "figures": fig_files}
-        plots.atomic_write(tmp / "summary.json", lambda path: Path(path).write_text(json.dumps(summary, indent=1), encoding="utf-8"))
+        summary = json_ready({**meta, "tables": sorted(tables), "figures": fig_files})
+        text = json.dumps(summary, indent=1, allow_nan=False)
+        plots.atomic_write(tmp / "summary.json", lambda path: Path(path).write_text(text, encoding="utf-8"))
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
         if out_dir.exists():
             if not overwrite:  # appeared meanwhile

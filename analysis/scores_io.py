@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 ARRAY_COLUMNS = ("temperature", "top_p")
 DECIMALS = 7
 #: Protocol -> file name inside a results folder.
-SCORE_FILES = {"teacher_forced": "teacher_forced_scores.jsonl", "free_running": "free_running_scores.jsonl"}
+SCORE_FILES = {"teacher_forced": "teacher_forced_scores.jsonl", "free_running": "free_running_scores.jsonl",
+               "prompt_only": "prompt_only_scores.jsonl"}
 
 
 def _array_to_list(values) -> list:

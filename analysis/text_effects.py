@@ -15,8 +15,21 @@ sign and Wilcoxon tests, d_z; no "consistency" since text metrics have no comman
 * ``self_bleu``: mean over samples of the sentence BLEU (sacrebleu, 13a tokenizer, effective
   order) of the sample against the instance's other samples, scaled to 0..1; needs >= 2 samples
   (NaN otherwise, e.g. a single seed);
+* ``compression``: :func:`compression_ratio` of the samples joined by newlines: bytes / zlib bytes;
+  higher means more repetition within and across samples, and unlike distinct-n it hardly depends
+  on the length;
 * ``words``: mean tokens per sample by :func:`tokenize`; ``tokens``: mean generated tokens (the
-  length of the ``temperature`` array).
+  length of the ``temperature`` array);
+* ``identical``: every sample of the instance is the same text (>= 2 samples).
+
+:func:`text_measures` is what the steering targets read: per command split, the level-3 (low /
+high) and placebo instances against the no-command instance for self-BLEU, distinct-2 and
+compression (:data:`KEY_MEASURES`; Wilcoxon p, bootstrap CI of the mean paired difference, and the
+ordering checks), the share of "no randomness" instances (a command naming temperature 0) whose
+samples are identical, and, given a prompt-only baseline (:func:`analysis.collect.prompt_only_scores`:
+the base model without heads, one fixed temperature, the same commands), the same numbers for it,
+the paired difference of the heads' effect and the prompt-only effect, and whether the heads'
+no-command diversity lies within the prompt-only no-command confidence interval.
 """
 
 from __future__ import annotations
@@ -24,18 +37,21 @@ from __future__ import annotations
 import logging
 import math
 import re
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .consistency import effect_table, validate_scores
+from .consistency import DIRECTIONS, effect_table, paired_differences, paired_stats, validate_scores
 
 logger = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 INSTANCE_KEYS = ("group_id", "variant", "level", "command_id", "placement")
-TEXT_MEASURES = ("distinct_1", "distinct_2", "distinct_3", "self_bleu", "words", "tokens")
+TEXT_MEASURES = ("distinct_1", "distinct_2", "distinct_3", "self_bleu", "compression", "words", "tokens")
+#: The measures of the steering targets, and the sign a *more random* command should move each.
+KEY_MEASURES = {"self_bleu": -1, "distinct_2": 1, "compression": -1}
 
 
 def tokenize(text: str) -> list[str]:
@@ -71,8 +87,19 @@ def self_bleu(texts: Sequence[str]) -> float:
     return float(np.mean(scores))
 
 
+def compression_ratio(texts: Sequence[str]) -> float:
+    """UTF-8 bytes of the texts joined by newlines / their zlib-compressed bytes; NaN when empty.
+
+    About 1 for short unrelated text, larger the more the samples repeat themselves or each other.
+    """
+    raw = "\n".join(str(t) for t in texts if t is not None).encode("utf-8")
+    if not raw.strip():
+        return math.nan
+    return len(raw) / len(zlib.compress(raw, 9))
+
+
 def text_metrics(texts: Sequence[str]) -> dict[str, float]:
-    """``n_samples, distinct_1, distinct_2, distinct_3, self_bleu, words`` of one set of samples."""
+    """``n_samples, distinct_1..3, self_bleu, compression, words, identical`` of one set of samples."""
     texts = [t for t in texts if t is not None and not (isinstance(t, float) and math.isnan(t))]
     return {
         "n_samples": len(texts),
@@ -80,7 +107,9 @@ def text_metrics(texts: Sequence[str]) -> dict[str, float]:
         "distinct_2": distinct_n(texts, 2),
         "distinct_3": distinct_n(texts, 3),
         "self_bleu": self_bleu(texts),
+        "compression": compression_ratio(texts),
         "words": float(np.mean([len(tokenize(t)) for t in texts])) if texts else math.nan,
+        "identical": len(texts) >= 2 and len({str(t) for t in texts}) == 1,
     }
 
 
@@ -106,7 +135,7 @@ def instance_text_metrics(scores: pd.DataFrame) -> pd.DataFrame:
     records = []
     for key, instance in frame.groupby(keys, sort=True):
         record = dict(zip(keys, key, strict=True))
-        for extra in ("command_split", "split"):
+        for extra in ("command_split", "split", "target_temperature", "target_top_p", "command"):
             if extra in instance.columns:
                 record[extra] = instance[extra].iloc[0]
         record.update(text_metrics(instance["text"].tolist()))
@@ -174,3 +203,159 @@ def _p_note(p) -> str:
 
     text = format_p(p)
     return f"(p{text})" if text.startswith("<") else f"(p={text})"
+
+
+# ------------------------------------------------------------------------------- steering targets
+
+
+def _expected_sign(measure: str, variant: str) -> int:
+    """Sign a commanded variant should move ``measure`` (0: placebo, should not move it)."""
+    return KEY_MEASURES[measure] * DIRECTIONS.get(variant, 0)
+
+
+def level_instances(instances: pd.DataFrame, level: int = 3) -> pd.DataFrame:
+    """The no-command, placebo and level-``level`` low / high instances."""
+    levels = pd.to_numeric(instances["level"], errors="coerce")
+    keep = instances["variant"].isin(["none", "placebo"]) | (instances["variant"].isin(["low", "high"]) & (levels == level))
+    return instances[keep]
+
+
+def _split_instances(instances: pd.DataFrame, split: str) -> pd.DataFrame:
+    return instances[(instances["variant"] == "none") | (instances["command_split"].astype(str) == split)]
+
+
+def _zero_identical(instances: pd.DataFrame) -> dict:
+    """Instances naming temperature 0: ``{n_prompts, share}`` whose samples are identical across seeds."""
+    if "target_temperature" not in instances.columns:
+        return {"n_prompts": 0, "share": math.nan}
+    target = pd.to_numeric(instances["target_temperature"], errors="coerce").to_numpy(float)
+    zero = instances[np.isfinite(target) & (target == 0.0)]
+    per_prompt = zero.groupby("group_id")["identical"].mean()  # a prompt with several such commands: their mean
+    return {"n_prompts": int(len(per_prompt)), "share": float(per_prompt.mean()) if len(per_prompt) else math.nan}
+
+
+def _split_text_summary(instances: pd.DataFrame, level: int, n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
+    """One command split's key measures: per-variant means, paired deltas and the ordering checks."""
+    chosen = level_instances(instances, level)
+    out: dict = {"n_prompts": int(chosen.loc[chosen["variant"] == "none", "group_id"].nunique())}
+    usable = [m for m in KEY_MEASURES if chosen[m].notna().any()]
+    tidy = effect_table(chosen, metrics=usable, variants=("low", "high", "placebo"), n_boot=n_boot, seed=seed,
+                        min_groups=2) if usable and (chosen["variant"] != "none").any() else pd.DataFrame()
+    for measure in usable:
+        cell = tidy[tidy["metric"] == measure] if not tidy.empty else tidy
+        entry: dict = {"mean": {}, "delta": {}}
+        for row in cell.itertuples():
+            entry["mean"][row.variant] = float(row.mean_value)
+            if row.variant != "none":
+                entry["delta"][row.variant] = {"n_prompts": int(row.n_groups), "delta": float(row.delta),
+                                               "lo": float(row.delta_lo), "hi": float(row.delta_hi),
+                                               "p_wilcoxon": float(row.p_wilcoxon)}
+        means = entry["mean"]
+        up = KEY_MEASURES[measure]  # +1: a more random text has more of it
+        if all(v in means for v in ("low", "none", "high")):
+            seq = [means["low"], means["none"], means["high"]]
+            entry["ordered"] = bool(seq[0] < seq[1] < seq[2]) if up > 0 else bool(seq[0] > seq[1] > seq[2])
+        else:
+            entry["ordered"] = None
+        moved = []
+        for variant in ("low", "high"):
+            d = entry["delta"].get(variant)
+            if d is None:
+                moved.append(None)
+                continue
+            moved.append(bool(np.sign(d["delta"]) == _expected_sign(measure, variant)) and d["p_wilcoxon"] < 0.01)
+        entry["significant"] = None if None in moved else all(moved)
+        placebo = entry["delta"].get("placebo")
+        entry["placebo_p"] = None if placebo is None else placebo["p_wilcoxon"]
+        out[measure] = entry
+    out["no_randomness_identical"] = _zero_identical(instances)
+    return out, tidy
+
+
+def _heads_minus_prompt_only(heads: pd.DataFrame, base: pd.DataFrame, level: int, n_boot: int, seed: int) -> dict:
+    """Per split, measure and level-``level`` direction: the heads' paired change minus the prompt-only one."""
+    out: dict = {}
+    for split in sorted(set(heads["command_split"].dropna().astype(str)) & set(base["command_split"].dropna().astype(str))):
+        out[split] = {}
+        for measure in KEY_MEASURES:
+            out[split][measure] = {}
+            pairs = []
+            for frame in (heads, base):
+                chosen = _split_instances(level_instances(frame, level), split)
+                pairs.append(paired_differences(chosen, measure, variants=("low", "high")))
+            merged = pairs[0].merge(pairs[1], on=["group_id", "variant"], suffixes=("_heads", "_prompt"))
+            for variant in ("low", "high"):
+                cell = merged[merged["variant"] == variant]
+                if len(cell) < 2:
+                    continue
+                d = (cell["delta_heads"] - cell["delta_prompt"]).to_numpy(float)
+                st = paired_stats(d, _expected_sign(measure, variant), n_boot, seed)
+                out[split][measure][variant] = {
+                    "n_prompts": int(len(cell)), "heads_delta": float(cell["delta_heads"].mean()),
+                    "prompt_only_delta": float(cell["delta_prompt"].mean()), "difference": st["delta"],
+                    "lo": st["delta_lo"], "hi": st["delta_hi"], "p_wilcoxon": st["p_wilcoxon"],
+                    "heads_stronger_share": st["consistency"],
+                }
+    return out
+
+
+def _no_command_within_base(heads: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Heads' no-command mean of each key measure against the prompt-only no-command mean's 95% CI."""
+    out = {}
+    for measure in KEY_MEASURES:
+        h = heads.loc[heads["variant"] == "none", measure].dropna().to_numpy(float)
+        b = base.loc[base["variant"] == "none", measure].dropna().to_numpy(float)
+        if h.size == 0 or b.size < 2:
+            continue
+        st = paired_stats(b, 0, n_boot, seed)  # the bootstrap CI of the mean of b
+        heads_mean = float(h.mean())
+        out[measure] = {"heads_mean": heads_mean, "base_mean": st["delta"], "base_lo": st["delta_lo"],
+                        "base_hi": st["delta_hi"], "within": bool(st["delta_lo"] <= heads_mean <= st["delta_hi"])}
+    return out
+
+
+def text_measures(
+    scores: pd.DataFrame, prompt_only: pd.DataFrame | None = None, level: int = 3, n_boot: int = 2000, seed: int = 0
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """The text-level steering measures (module docstring), per command split.
+
+    Args:
+        scores: free-running variant scores with ``text`` (held-out prompts; >= 2 seeds for self-BLEU).
+        prompt_only: the same rows generated by the base model without heads
+            (:func:`analysis.collect.prompt_only_scores`), or None.
+        level: the command level compared with no command (low-``level`` / high-``level``).
+
+    Returns:
+        ``(measures, tables)``: ``measures = {"level", "seeds", "by_command_split": {split: {measure:
+        {"mean": {variant: value}, "delta": {variant: {delta, lo, hi, p_wilcoxon, n_prompts}}, "ordered",
+        "significant", "placebo_p"}, "no_randomness_identical": {n_prompts, share}}}}`` plus, with
+        ``prompt_only``, ``"prompt_only"`` (the same for it), ``"heads_minus_prompt_only"`` and
+        ``"no_command_within_base"``; tables ``instances`` and ``level_effects`` (and their
+        ``prompt_only_`` versions).
+
+    Raises:
+        ValueError: no text (see :func:`instance_text_metrics`).
+    """
+    instances = instance_text_metrics(scores)
+    measures: dict = {"level": int(level), "seeds": sorted(int(s) for s in scores["seed"].unique())}
+    tables: dict[str, pd.DataFrame] = {"instances": instances}
+    sources = {"heads": instances}
+    if prompt_only is not None:
+        sources["prompt_only"] = instance_text_metrics(prompt_only)
+        tables["prompt_only_instances"] = sources["prompt_only"]
+    for name, frame in sources.items():
+        by_split: dict = {}
+        effects = []
+        for split in sorted(frame["command_split"].dropna().astype(str).unique()):
+            summary, tidy = _split_text_summary(_split_instances(frame, split), level, n_boot, seed)
+            by_split[split] = summary
+            if not tidy.empty:
+                effects.append(tidy.assign(command_split=split))
+        key = "by_command_split" if name == "heads" else "prompt_only"
+        measures[key] = by_split
+        if effects:
+            tables["level_effects" if name == "heads" else "prompt_only_level_effects"] = pd.concat(effects, ignore_index=True)
+    if prompt_only is not None:
+        measures["heads_minus_prompt_only"] = _heads_minus_prompt_only(instances, sources["prompt_only"], level, n_boot, seed)
+        measures["no_command_within_base"] = _no_command_within_base(instances, sources["prompt_only"], n_boot, seed)
+    return measures, tables

@@ -66,8 +66,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--free-running-groups",
         type=int,
-        default=8,
-        help="held-out prompts that also generate their own text under every command (default 8; 0: skip)",
+        default=30,
+        help="held-out prompts that also generate their own text (default 30; 0: skip)",
     )
     parser.add_argument(
         "--response-temperature",
@@ -81,7 +81,18 @@ def make_parser() -> argparse.ArgumentParser:
         default=2,
         help="commands naming a temperature or top-p value per prompt (per phrasing split on held-out prompts; default 2)",
     )
-    parser.add_argument("--seeds", default="0,1", help="sampling seeds of the free-running protocol (default 0,1)")
+    parser.add_argument(
+        "--free-running-variants",
+        default="none,low3,high3,placebo,zero",
+        help="rows of those prompts that generate text (default none,low3,high3,placebo,zero; see python -m analysis -h)",
+    )
+    parser.add_argument(
+        "--prompt-only-temperature",
+        type=float,
+        default=1.0,
+        help="temperature of the prompt-only baseline: the base model without heads, same commands (default 1.0; 0: skip)",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of the free-running protocol (default 0,1,2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data build, training and bootstrap (default 0)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -98,6 +109,14 @@ def _check_args(args: argparse.Namespace) -> list[int]:
         raise SystemExit(f"--response-temperature must be >= 0 (0: greedy), got {args.response_temperature}")
     if args.free_running_groups < 0:
         raise SystemExit(f"--free-running-groups must be >= 0, got {args.free_running_groups}")
+    if not args.prompt_only_temperature >= 0:
+        raise SystemExit(f"--prompt-only-temperature must be >= 0 (0: no baseline), got {args.prompt_only_temperature}")
+    from analysis.collect import parse_variant_selection
+
+    try:
+        parse_variant_selection(args.free_running_variants)
+    except ValueError as error:
+        raise SystemExit(f"--free-running-variants: {error}") from None
     try:
         seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     except ValueError:
@@ -206,15 +225,18 @@ def main(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     model = load_trained_model(folder / "train", base).eval()
-    rows = [dict(r) for r in load_control_data(data) if r["split"] == "eval"]
+    rows = [dict(r) for r in load_control_data(data)]  # run_analysis keeps the eval split; train rows name the seen values
     markdown, tables = run_analysis(
         model,
         tokenizer,
         rows,
         folder / "results",
+        protocols=("teacher_forced", "free_running") if args.free_running_groups else ("teacher_forced",),
         seeds=seeds,
         max_new_tokens=args.response_tokens,
-        free_running_groups=args.free_running_groups,
+        free_running_groups=args.free_running_groups or None,
+        free_running_variants=args.free_running_variants,
+        prompt_only_temperature=args.prompt_only_temperature or None,
         n_boot=args.n_boot,
         seed=args.seed,
         progress=args.progress,

@@ -111,6 +111,37 @@ def test_cli_writes_the_results_folder(full_run, setup):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_cli_writes_the_prompt_only_baseline_and_the_scorecard(full_run):
+    out, result = full_run
+    assert sorted(load_results(out)) == ["free_running", "prompt_only", "teacher_forced"]
+    prompt_only = result.scores["prompt_only"]
+    free = result.scores["free_running"]
+    assert len(prompt_only) == len(free) and set(free["variant"]) <= {"none", "low", "high", "placebo"}
+    levels = free.loc[free["variant"].isin(["low", "high"]), "level"]
+    assert set(levels) == {3}  # the default selection: none, low3, high3, placebo, zero
+    assert free.loc[free["variant"] == "none", "prompt_text"].isin(PROMPTS).all()
+    assert "| " + free.loc[free["variant"] == "none", "prompt_text"].iloc[0] in result.markdown  # samples side by side
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["scorecard"][0]["key"] == "baseline_t" and "## Scorecard (issues 12 and 16)" in result.markdown
+    run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert run_info["prompt_only_temperature"] == 1.0 and run_info["free_running_variants"] == "none,low3,high3,placebo,zero"
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"free_running_variants": "low3,medium"}, "--free-running-variants: unknown variant selector 'medium'"),
+        ({"prompt_only_temperature": 0}, "--prompt-only-temperature must be a number > 0"),
+        ({"prompt_only": "yes"}, "--prompt-only must be true or false"),
+    ],
+)
+def test_new_options_are_checked(options, match):
+    from analysis.cli import AnalysisConfig
+
+    with pytest.raises(AnalysisError, match=match):
+        AnalysisConfig(heads="h", data="d", **options)
+
+
 def test_cli_prints_the_consistency_table(setup, capsys):
     out = setup / "printed"
     main(["--heads", str(setup / "heads"), "--model", str(setup / "model"), "--data", str(setup / "data" / "control_data.jsonl"),
@@ -235,7 +266,8 @@ def test_run_analysis_in_memory(in_memory, tmp_path):
     model, tokenizer, rows = in_memory
     tokenizer.padding_side = "right"
     markdown, tables = run_analysis(model, tokenizer, rows, protocols=["teacher_forced", "free_running"], seeds=(0, 1),
-                                    max_new_tokens=4, free_running_groups=3, split="all", n_boot=30, progress=False)
+                                    max_new_tokens=4, free_running_groups=3, free_running_variants="all", split="all",
+                                    n_boot=30, progress=False)
     assert tokenizer.padding_side == "right"  # restored after free-running generation
     assert "### Consistency (held-out prompts, all phrasings)" in markdown and "](figures/" not in markdown
     for protocol in ("teacher_forced", "free_running"):

@@ -14,7 +14,9 @@ def parse(*argv):
 def test_defaults_point_at_the_shipped_config():
     args = parse()
     assert args.config.endswith("configs/demo.yaml")
-    assert demo._check_args(args) == [0, 1]
+    assert demo._check_args(args) == [0, 1, 2]
+    assert args.free_running_groups == 30 and args.prompt_only_temperature == 1.0
+    assert args.free_running_variants == "none,low3,high3,placebo,zero"
 
 
 @pytest.mark.parametrize(
@@ -24,6 +26,8 @@ def test_defaults_point_at_the_shipped_config():
         (("--seeds", "a,b"), "--seeds must be comma-separated integers"),
         (("--free-running-groups", "-1"), "--free-running-groups must be >= 0"),
         (("--config", "missing.yaml"), "--config missing.yaml: no such file"),
+        (("--free-running-variants", "low9x"), "--free-running-variants: unknown variant selector 'low9x'"),
+        (("--prompt-only-temperature", "-1"), "--prompt-only-temperature must be >= 0"),
     ],
 )
 def test_bad_arguments_name_the_flag(argv, match):

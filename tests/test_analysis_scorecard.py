@@ -1,0 +1,111 @@
+"""analysis.scorecard and the report: targets of issues 12/16 against measured values, report.md and summary.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import plots
+from analysis.consistency import synthetic_scores
+from analysis.report import write_report
+from analysis.scorecard import TARGETS, json_ready, sample_table, scorecard
+from analysis.steering import parameter_measures
+
+
+def by_key(rows):
+    return {r["key"]: r for r in rows}
+
+
+def test_a_target_passes_only_when_every_shown_value_meets_it():
+    measures = {"parameter": {
+        "baseline": {"temperature_mean": 0.7},
+        "by_command_split": {
+            "train": {"level_ratio": {"low": {"3": 0.45}, "high": {"3": 1.7}}, "levels_strictly_ordered": True,
+                      "single_command_consistency": {"low": 0.95}},
+            "heldout": {"level_ratio": {"low": {"3": 0.6}, "high": {"3": 1.6}}, "levels_strictly_ordered": False},
+        },
+        "effect_ratio": {"low": 0.8, "high": 0.5},
+    }}
+    rows = by_key(scorecard(measures))
+    assert len(rows) == len(TARGETS)
+    assert rows["baseline_t"]["status"] == "pass" and rows["baseline_t"]["heldout"] == 0.7
+    assert rows["low3_ratio"]["status"] == "FAIL" and rows["low3_ratio"]["train_ok"] is True
+    assert rows["high3_ratio"]["status"] == "pass"  # 1.6 meets >= 1.6
+    assert rows["seven_levels"]["status"] == "FAIL" and rows["seven_levels"]["heldout_text"] == "no"
+    assert rows["single_low"]["status"] == "pass" and rows["single_low"]["heldout_text"] == "—"
+    assert rows["effect_ratio_low"]["status"] == "pass" and rows["effect_ratio_low"]["train"] is None
+    assert rows["effect_ratio_high"]["status"] == "FAIL"
+    assert rows["named_p"]["status"] == "n/a" and rows["text_bleu_low"]["status"] == "n/a"
+
+
+def test_text_targets_need_the_commanded_sign_and_p_below_a_hundredth():
+    def delta(d, p):
+        return {"delta": d, "p_wilcoxon": p, "lo": d, "hi": d, "n_prompts": 30}
+
+    split = {"self_bleu": {"delta": {"low": delta(0.1, 0.001), "high": delta(-0.1, 0.02), "placebo": delta(0.0, 0.5)},
+                           "placebo_p": 0.5},
+             "distinct_2": {"delta": {"low": delta(0.05, 0.001), "high": delta(0.1, 0.001)}, "placebo_p": 0.03},
+             "no_randomness_identical": {"n_prompts": 10, "share": 0.9}}
+    rows = by_key(scorecard({"text": {"by_command_split": {"heldout": split}}}))
+    assert rows["text_bleu_low"]["status"] == "pass"
+    assert rows["text_bleu_high"]["status"] == "FAIL"  # p 0.02
+    assert rows["text_d2_low"]["status"] == "FAIL"  # wrong sign
+    assert rows["text_d2_high"]["status"] == "pass"
+    assert rows["text_placebo"]["status"] == "FAIL" and rows["text_placebo"]["heldout"] == 0.03
+    assert rows["no_randomness_text"]["status"] == "pass" and rows["no_randomness_text"]["heldout_text"] == "90% of 10"
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A report of synthetic scores with named temperatures, free-running text and a prompt-only baseline."""
+    tf = synthetic_scores(n_groups=12, levels=(1, 2, 3), dose=True)
+    named = (tf["variant"] == "low") & (tf["level"] == 2)
+    tf["target_temperature"] = np.where(named, 0.3, np.nan)
+    tf["command"] = [None if v == "none" else f"{v} command {lv}" for v, lv in zip(tf["variant"], tf["level"], strict=True)]
+    fr = synthetic_scores(n_groups=12, levels=(3,), seeds=(0, 1, 2), texts=True, n_tokens=(10, 16))
+    fr["command"] = [None if v == "none" else f"please, {v}" for v in fr["variant"]]
+    po = synthetic_scores(n_groups=12, levels=(3,), seeds=(0, 1, 2), texts=True, n_tokens=(10, 16), seed=3,
+                          shifts={"low": 0.0, "high": 0.0, "placebo": 0.0})
+    po["temperature"] = [np.full(a.size, 1.0, dtype=np.float32) for a in po["temperature"]]  # one fixed temperature
+    out = tmp_path_factory.mktemp("scorecard") / "results"
+    markdown, tables = write_report(out, teacher_forced=tf, free_running=fr, prompt_only=po, n_boot=50)
+    return out, markdown, tables, tf
+
+
+def test_report_opens_with_the_scorecard_then_samples_and_the_paper_row(written):
+    out, markdown, _, _ = written
+    assert (out / "report.md").read_text(encoding="utf-8") == markdown
+    lines = markdown.splitlines()
+    assert lines[0].startswith("# ") and lines[2] == "## Scorecard (issues 12 and 16)"
+    assert markdown.index("## Scorecard") < markdown.index("## Samples side by side") < markdown.index(
+        "## Comparison with the AutoDeco paper") < markdown.index("## Teacher-forced")
+    assert "| AutoDeco paper (arXiv 2510.26697) | 0.72 | -0.11 | +0.10 | 99% | 96% |" in markdown
+    assert "[please, low] " in markdown and "### Heads vs prompt-only baseline" in markdown
+    assert "![calibration temperature](figures/calibration_temperature.png)" in markdown
+    assert plots.is_png(out / "figures" / "calibration_temperature.png")
+    assert (out / "tables" / "steering_levels.csv").is_file() and (out / "tables" / "text_level_effects.csv").is_file()
+
+
+def test_summary_json_holds_the_scorecard_and_the_measures_as_strict_json(written):
+    out, _, _, tf = written
+
+    def no_nan(name):
+        raise AssertionError(f"summary.json holds {name}")
+
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"), parse_constant=no_nan)
+    assert [r["key"] for r in summary["scorecard"]] == [t.key for t in TARGETS]
+    expected, _ = parameter_measures(tf[tf["split"] == "eval"])
+    got = summary["measures"]["parameter"]["by_command_split"]["heldout"]
+    assert got["level_ratio"]["low"]["3"] == pytest.approx(expected["by_command_split"]["heldout"]["level_ratio"]["low"]["3"])
+    assert by_key(summary["scorecard"])["low3_ratio"]["heldout"] == pytest.approx(got["level_ratio"]["low"]["3"])
+    assert summary["measures"]["text"]["by_command_split"]["train"]["self_bleu"]["ordered"] in (True, False)
+    assert summary["prompt_only"]["temperature"] == 1.0
+    assert len(summary["samples"]) == 2
+
+
+def test_json_ready_and_sample_table_edge_cases():
+    assert json_ready({"a": float("nan"), 1: (np.float32(0.5), np.bool_(True))}) == {"a": None, "1": [0.5, True]}
+    assert sample_table(pd.DataFrame()).empty
