@@ -65,11 +65,12 @@ from scipy import stats
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("none", "low", "high", "placebo")
+VARIANTS = ("none", "low", "high", "placebo", "named")
 COMMANDED = ("low", "high", "placebo")
-#: Sign a commanded variant should move the metric (0: placebo, should not move it).
+#: Sign a commanded variant should move the metric (0: placebo, should not move it; a named value's
+#: direction depends on the prompt, so ``named`` rows have their own measures in analysis.steering).
 DIRECTIONS = {"low": -1, "high": 1, "placebo": 0}
-LABELS = {"none": "Baseline", "low": "Low", "high": "High", "placebo": "Placebo"}
+LABELS = {"none": "Baseline", "low": "Low", "high": "High", "placebo": "Placebo", "named": "Named value"}
 #: Per-token array column -> scalar mean column.
 METRICS = {"temperature": "mean_temperature", "top_p": "mean_top_p"}
 METRIC_LABELS = {"temperature": "T", "top_p": "top-p"}
@@ -175,10 +176,10 @@ def _ensure_metric(scores: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str
 
 
 def signed_level(variant: str, level) -> float:
-    """Position on the randomness scale: low k -> -k, none -> 0, high k -> +k, placebo -> NaN."""
+    """Position on the randomness scale: low k -> -k, none -> 0, high k -> +k, placebo and named -> NaN."""
     if variant == "none":
         return 0.0
-    if variant == "placebo" or level is None or pd.isna(level):
+    if variant in ("placebo", "named") or level is None or pd.isna(level):
         return math.nan
     if variant == "low":
         return -abs(float(level))

@@ -329,5 +329,5 @@ def test_notebook_scores_sources(tmp_path, monkeypatch):
 
 def test_tiny_model_scores_vary():
     scores = tiny_model_scores("teacher_forced", num_prompts=4)
-    assert set(scores["variant"]) == {"none", "low", "high", "placebo"}
+    assert set(scores["variant"]) == {"none", "low", "high", "placebo", "named"}
     assert np.concatenate(list(scores["temperature"])).std() > 0

@@ -135,3 +135,14 @@ def test_grammar_errors_name_the_file_and_the_entry(tmp_path, change, match):
 def test_missing_grammar_file_names_the_flag(tmp_path):
     with pytest.raises(ControlDataError, match=r"does not exist \(--phrasings\)"):
         load_grammar(tmp_path / "nope.yaml")
+
+
+def test_every_no_randomness_wording_asks_for_temperature_zero():
+    library, _ = load_library(BuildConfig())
+    low3 = library.select(direction="low", level=3)
+    assert low3 and all(c.target_temperature is not None and c.target_temperature <= 0.1 for c in low3)
+    assert all(c.target_temperature is None for c in library.select(direction="high", level=3) if c.id.startswith("gen-"))
+    bad = yaml.safe_load(yaml.safe_dump(SMALL))
+    bad["cores"]["low"][1]["target_temperature"] = 1.5
+    with pytest.raises(ControlDataError, match=r"cores\.low\.1\.target_temperature: 1\.5 is not"):
+        parse_grammar(bad)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .commands import (
     COMMAND_SPLITS,
     GRADED_DIRECTIONS,
     MAX_TEMPERATURE,
+    NEUTRAL_TEMPERATURE,
     Command,
     read_command_file,
 )
@@ -96,6 +97,7 @@ class PhrasingGrammar:
     cores: dict  # {direction: {level: {form: {split: [core]}}}}
     named: dict  # {quantity: NamedFrames}
     source: str
+    level_targets: dict = field(default_factory=dict)  # {(direction, level): target temperature}
 
     def commands(self) -> list[Command]:
         """Every wording of the unnamed commands: frames x cores of one split, plus whole-sentence cores."""
@@ -104,6 +106,7 @@ class PhrasingGrammar:
             for level in sorted(self.cores.get(direction, {})):
                 for split in COMMAND_SPLITS:
                     texts: list[str] = []
+                    target = self.level_targets.get((direction, level))
                     for form, by_split in self.cores[direction][level].items():
                         cores = by_split.get(split, [])
                         if form == SENTENCE_FORM:
@@ -116,7 +119,9 @@ class PhrasingGrammar:
                             continue
                         seen.add(text.casefold())
                         number = len(seen)
-                        commands.append(Command(f"gen-{direction}-{level}-{split}-{number:04d}", direction, level, split, text))
+                        commands.append(
+                            Command(f"gen-{direction}-{level}-{split}-{number:04d}", direction, level, split, text, target)
+                        )
         return commands
 
     def named_command(self, quantity: str, value: float, split: str, rng: random.Random) -> Command:
@@ -175,6 +180,7 @@ def parse_grammar(data: object, source: str = "<grammar>") -> PhrasingGrammar:
                 if "{" + form + "}" not in frame and "{" + _capitalised(form) + "}" not in frame:
                     raise ControlDataError(f"{source}: forms.{form}.{split}: frame {frame!r} has no {{{form}}} slot")
     cores: dict = {}
+    level_targets: dict = {}
     for direction, levels in (data.get("cores") or {}).items():
         if direction not in GRADED_DIRECTIONS or not isinstance(levels, dict):
             raise ControlDataError(f"{source}: cores.{direction}: expected low or high with levels 1, 2, 3; {_SCHEMA_HINT}")
@@ -182,6 +188,16 @@ def parse_grammar(data: object, source: str = "<grammar>") -> PhrasingGrammar:
             if not isinstance(level, int) or isinstance(level, bool) or level < 1 or not isinstance(forms, dict):
                 raise ControlDataError(f"{source}: cores.{direction}.{level}: expected an integer level >= 1 with forms")
             for form, value in forms.items():
+                if form == "target_temperature":
+                    below = direction == "low" and value < NEUTRAL_TEMPERATURE
+                    above = direction == "high" and NEUTRAL_TEMPERATURE < value <= MAX_TEMPERATURE
+                    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or not (below or above):
+                        raise ControlDataError(
+                            f"{source}: cores.{direction}.{level}.target_temperature: {value!r} is not a number in [0, 2] "
+                            f"on the {direction} side of {NEUTRAL_TEMPERATURE}"
+                        )
+                    level_targets[(direction, level)] = float(value)
+                    continue
                 if form not in (*FORMS, SENTENCE_FORM):
                     raise ControlDataError(f"{source}: cores.{direction}.{level}.{form}: unknown form; {_SCHEMA_HINT}")
                 if form != SENTENCE_FORM and form not in frames:
@@ -212,7 +228,7 @@ def parse_grammar(data: object, source: str = "<grammar>") -> PhrasingGrammar:
                     raise ControlDataError(f"{source}: named.{quantity}.{name}: {item!r} is not a number in [0, {upper}]")
             values[name] = [float(v) for v in items]
         named[quantity] = NamedFrames(quantity, split_frames, values)
-    return PhrasingGrammar(frames, cores, named, source)
+    return PhrasingGrammar(frames, cores, named, source, level_targets)
 
 
 def load_grammar(path: str | Path | None = None) -> PhrasingGrammar:
