@@ -49,6 +49,17 @@ class HeadsConfig:
             "command scales the per-token T the AutoDeco path picks; for P it shifts the log-odds. 0: none."
         },
     )
+    steering_linear: bool = field(
+        default=False,
+        metadata={"help": "Make the steering path one linear map of the normalised context instead of an MLP."},
+    )
+    context_in_mlp: bool = field(
+        default=True,
+        metadata={
+            "help": "With a steering path: also feed the context to the heads' own MLPs. False: the context reaches "
+            "T and P only through the steering path, so the per-token part sees the token's state alone."
+        },
+    )
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
     base_model_fingerprint: str | None = field(
         default=None,
@@ -70,6 +81,8 @@ class HeadsConfig:
             raise ValueError(f"max_temperature must be a positive number, got {self.max_temperature!r}")
         if not isinstance(self.steering_width, int) or isinstance(self.steering_width, bool) or self.steering_width < 0:
             raise ValueError(f"steering_width must be an integer >= 0, got {self.steering_width!r}")
+        if not self.context_in_mlp and not self.steering_width:
+            raise ValueError("context_in_mlp=False needs a steering path (steering_width > 0) to read the context")
         if self.steering_width and not self.context_features:
             raise ValueError("steering_width > 0 needs context_features=True: the steering path reads the context")
         if self.format_version != FORMAT_VERSION:

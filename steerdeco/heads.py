@@ -102,10 +102,11 @@ def _head_input(hidden: torch.Tensor, context: torch.Tensor | None, use_context:
 class SteeringPath(nn.Module):
     """``MLP(LayerNorm(context))``: a logit offset from the context alone; ``[..., H] -> [...]``, zero at init."""
 
-    def __init__(self, hidden_size: int, width: int):
+    def __init__(self, hidden_size: int, width: int, linear: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+        layers = [nn.Linear(hidden_size, 1)] if linear else [nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1)]
+        self.mlp = nn.Sequential(*layers)
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
@@ -114,7 +115,9 @@ class SteeringPath(nn.Module):
 
 
 def _steering_path(config: HeadsConfig) -> SteeringPath | None:
-    return SteeringPath(config.hidden_size, config.steering_width) if config.steering_width else None
+    if not config.steering_width:
+        return None
+    return SteeringPath(config.hidden_size, config.steering_width, linear=config.steering_linear)
 
 
 class TemperatureHead(nn.Module):
@@ -123,7 +126,7 @@ class TemperatureHead(nn.Module):
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.max_temperature = float(config.max_temperature)
-        self.use_context = bool(config.context_features)
+        self.use_context = bool(config.context_features) and config.context_in_mlp
         inputs = config.hidden_size * (2 if self.use_context else 1)
         self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))
         nn.init.zeros_(self.mlp[-1].weight)
@@ -143,7 +146,7 @@ class TopPHead(nn.Module):
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.use_features = bool(config.top_p_features)
-        self.use_context = bool(config.context_features)
+        self.use_context = bool(config.context_features) and config.context_in_mlp
         extra = 1 + (NUM_PROBABILITY_FEATURES if self.use_features else 0)
         inputs = config.hidden_size * (2 if self.use_context else 1) + extra
         self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))

@@ -191,3 +191,39 @@ def test_qwen2_base_models_work(chat_batch):
     base, _ = tiny_model_and_tokenizer(arch="qwen2")
     out = AutoDecoModel(base)(**chat_batch)
     assert out.temperature.shape == chat_batch["input_ids"].shape
+
+
+@pytest.mark.parametrize(
+    "steering", [{"steering_width": 16}, {"steering_width": 1, "steering_linear": True, "context_in_mlp": False}],
+    ids=["mlp-path", "linear-path-only"],
+)
+def test_steering_path_and_context_normalisation_round_trip_and_start_as_plain_autodeco(tiny, chat_batch, tmp_path, steering):
+    base, _ = tiny
+    hidden = base.config.hidden_size
+    plain = AutoDecoModel(base, HeadsConfig(hidden_size=hidden, context_features=True))
+    model = AutoDecoModel(base, HeadsConfig(hidden_size=hidden, context_features=True, **steering))
+    fresh = model(**chat_batch)
+    torch.testing.assert_close(fresh.temperature, plain(**chat_batch).temperature)  # zero-initialised path
+    context, _ = running_context(fresh.hidden_states, chat_batch["attention_mask"])
+    model.heads.fit_context_normalization(context[chat_batch["attention_mask"].bool()])
+    real = context[chat_batch["attention_mask"].bool()]
+    normalised = (real - model.heads.context_shift) / model.heads.context_scale
+    torch.testing.assert_close(normalised.mean(0), torch.zeros(hidden), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        for p in model.heads.temperature_head.steering.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    steered = model(**chat_batch)
+    assert not torch.allclose(steered.temperature, fresh.temperature)  # the path reads the context
+    model.save_pretrained(tmp_path / "heads")
+    loaded = AutoDecoModel.from_pretrained(tmp_path / "heads", base_model=base)
+    torch.testing.assert_close(loaded.heads.context_scale, model.heads.context_scale)  # normalisation is saved
+    torch.testing.assert_close(loaded(**chat_batch).temperature, steered.temperature)
+
+
+def test_steering_options_need_a_context():
+    with pytest.raises(ValueError, match="steering_width > 0 needs context_features=True"):
+        HeadsConfig(hidden_size=8, steering_width=4)
+    with pytest.raises(ValueError, match="context_in_mlp=False needs a steering path"):
+        HeadsConfig(hidden_size=8, context_features=True, context_in_mlp=False)
+    with pytest.raises(ValueError, match="fit the normalisation"):
+        AutoDecoModel(tiny_model(), HeadsConfig(hidden_size=64, context_features=True)).heads.fit_context_normalization(torch.zeros(1, 64))

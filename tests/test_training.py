@@ -505,3 +505,12 @@ def test_build_model_is_seeded(tmp_path):
     a, b, c = heads_state(first), heads_state(second), heads_state(third)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_trainer_fits_the_context_normalisation_from_the_training_rows(tmp_path, train_rows, cache):
+    trainer = SteeringTrainer(args=config(tmp_path, backbone_cache=cache, heads_steering_width=8), train_dataset=train_rows)
+    heads = trainer.autodeco_model.heads
+    assert not torch.equal(heads.context_scale, torch.ones_like(heads.context_scale))
+    assert not torch.equal(heads.context_shift, torch.zeros_like(heads.context_shift))
+    assert bool((heads.context_scale > 0).all())

@@ -222,6 +222,13 @@ class SteeringConfig(SFTConfig):
             "whose output shifts the head's logit for every token of the reply. 0: none. Needs heads_context_features."
         },
     )
+    heads_steering_linear: bool = field(
+        default=False, metadata={"help": "HeadsConfig.steering_linear: a linear steering path instead of an MLP."}
+    )
+    heads_context_in_mlp: bool = field(
+        default=True,
+        metadata={"help": "HeadsConfig.context_in_mlp: feed the context to the heads' own MLPs too (not only the steering path)."},
+    )
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )

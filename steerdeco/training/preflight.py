@@ -48,6 +48,8 @@ HEADS_FIELDS = {
     "top_p_features": "heads_top_p_features",
     "context_features": "heads_context_features",
     "steering_width": "heads_steering_width",
+    "steering_linear": "heads_steering_linear",
+    "context_in_mlp": "heads_context_in_mlp",
 }
 
 

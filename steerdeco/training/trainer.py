@@ -205,6 +205,8 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
         top_p_features=args.heads_top_p_features,
         context_features=args.heads_context_features,
         steering_width=args.heads_steering_width,
+        steering_linear=args.heads_steering_linear,
+        context_in_mlp=args.heads_context_in_mlp,
         base_model=args.model_name_or_path,
     )
     model = AutoDecoModel(base, heads_config, freeze_base=args.training_mode == "head_only")
