@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from .cache import HIDDEN_DTYPES
+
 TRAINING_MODES = ("head_only", "lora_joint")
 TRAIN_HEADS = ("both", "temperature", "top_p")
 AUTODECO_ROWS = ("uncommanded", "all")
@@ -149,6 +151,14 @@ class SteeringConfig(SFTConfig):
         },
     )
     logit_bins: int = field(default=64, metadata={"help": "Tail bins of the compressed logits."})
+    cache_hidden_dtype: str = field(
+        default="bfloat16",
+        metadata={
+            "help": "dtype of the hidden states (and running context) stored in the backbone cache; the heads "
+            "compute in float32 either way.",
+            "choices": list(HIDDEN_DTYPES),
+        },
+    )
 
     # -- heads ----------------------------------------------------------------------------------
     heads_mlp_width: int = field(
@@ -325,6 +335,7 @@ class SteeringConfig(SFTConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        choice("cache_hidden_dtype", tuple(HIDDEN_DTYPES))
         if self.cache_batch_size < 1:
             raise ValueError(f"cache_batch_size must be >= 1, got {self.cache_batch_size}")
         if self.heads_mlp_width < 1:

@@ -372,6 +372,8 @@ class SteeringTrainer(SFTTrainer):
                     args.logit_bins,
                     args.cache_batch_size,
                     progress=args.process_index == 0 and not args.disable_tqdm,
+                    store_context=model.heads_config.context_features,
+                    hidden_dtype=args.cache_hidden_dtype,
                 )
 
         import datasets
