@@ -489,12 +489,17 @@ def score_rows(
     progress: bool = True,
     free_running_groups: int | None = None,
     seed: int = 0,
+    backbone_cache=None,
+    max_response_tokens: int | None = None,
+    timings: dict | None = None,
 ) -> dict[str, pd.DataFrame]:
     """``{protocol: variant scores}`` of ``model`` (an AutoDecoModel) on control-data ``rows``.
 
     ``free_running_groups``: generate for a seeded random subset (``seed``) of at most that many
     groups only (generation costs far more than teacher forcing). Free-running generation pads on
-    the left; the tokenizer's ``padding_side`` is restored afterwards.
+    the left; the tokenizer's ``padding_side`` is restored afterwards. ``backbone_cache``,
+    ``max_response_tokens``: teacher-forced scoring from the training's backbone cache (see
+    :func:`analysis.collect.teacher_forced_scores`). ``timings``: filled with seconds per protocol.
     """
     from .collect import free_running_scores, teacher_forced_scores
 
@@ -507,7 +512,9 @@ def score_rows(
     for protocol in protocols:
         start = time.perf_counter()
         if protocol == "teacher_forced":
-            scores[protocol] = teacher_forced_scores(model, tokenizer, rows, batch_size=batch_size, progress=progress)
+            scores[protocol] = teacher_forced_scores(model, tokenizer, rows, batch_size=batch_size, progress=progress,
+                                                     backbone_cache=backbone_cache,
+                                                     max_response_tokens=max_response_tokens)
         else:
             subset = rows
             if free_running_groups is not None:
@@ -521,7 +528,10 @@ def score_rows(
                                                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
             finally:
                 tokenizer.padding_side = padding_side
-        logger.info("%s: %d score rows in %.1f s", protocol, len(scores[protocol]), time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        logger.info("%s: %d score rows in %.1f s", protocol, len(scores[protocol]), elapsed)
+        if timings is not None:
+            timings[protocol] = elapsed
     return scores
 
 
@@ -666,6 +676,9 @@ def run_analysis(
     progress: bool = True,
     overwrite: bool = False,
     run_info: Mapping | None = None,
+    backbone_cache=None,
+    max_response_tokens: int | None = None,
+    timings: dict | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Score an in-memory model on control-data rows and analyse (what ``python -m analysis`` does after loading).
 
@@ -681,6 +694,10 @@ def run_analysis(
             and the ``free_running_groups`` subset.
         n_boot, figures, overwrite: the report (see :func:`analysis.report.write_report`).
         run_info: written as ``run.json`` (and summarised in ``report.md``) when given.
+        backbone_cache, max_response_tokens: teacher-forced scores from the training's backbone cache
+            (see :func:`analysis.collect.teacher_forced_scores`).
+        timings: filled with seconds per protocol (``teacher_forced``, ``free_running``) and for the
+            statistics and report (``report``).
 
     Returns:
         ``(markdown, tables)``: the report text and ``{"<protocol>.<name>": DataFrame}``;
@@ -698,7 +715,9 @@ def run_analysis(
         check_out_dir(out_dir, overwrite)  # fail before the expensive part
     selected = select_rows(rows, split=split, max_groups=max_groups, seed=seed)
     scores = score_rows(model, tokenizer, selected, protocols, seeds, max_new_tokens, batch_size, progress,
-                        free_running_groups=free_running_groups, seed=seed)
+                        free_running_groups=free_running_groups, seed=seed, backbone_cache=backbone_cache,
+                        max_response_tokens=max_response_tokens, timings=timings)
+    started = time.perf_counter()
     eval_only = split == "eval"
     if out_dir is None:
         markdown, tables = analyse_scores(scores, n_boot=n_boot, seed=seed, eval_only=eval_only)
@@ -706,6 +725,8 @@ def run_analysis(
         markdown, tables = write_results(out_dir, scores, overwrite=overwrite, n_boot=n_boot, seed=seed,
                                          eval_only=eval_only, figures=figures, run_info=run_info)
     tables.update({f"scores.{protocol}": frame for protocol, frame in scores.items()})
+    if timings is not None:
+        timings["report"] = time.perf_counter() - started
     return markdown, tables
 
 

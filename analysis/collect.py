@@ -3,7 +3,10 @@
 Two protocols:
 
 * :func:`teacher_forced_scores`: every variant of a group scores the group's shared response, so the
-  per-token values of different variants align position by position;
+  per-token values of different variants align position by position. Given the training's backbone
+  cache (:mod:`steerdeco.training.cache`), rows found in it are scored from the cached hidden states
+  and logit slots without running the backbone; the other rows run through it and are read the same
+  way (same logit compression, same hidden-state dtype), so the heads get the same inputs either way;
 * :func:`free_running_scores`: every variant generates its own response with dynamic decoding, for
   several seeds, and the trace gives the per-token values and the text.
 
@@ -36,8 +39,24 @@ def _meta(row: dict) -> dict:
     return meta
 
 
-def teacher_forced_scores(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
-    """Per-token T and P of each row's shared ``response`` under the row's own conversation."""
+def teacher_forced_scores(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    batch_size: int = 8,
+    progress: bool = True,
+    backbone_cache=None,
+    max_response_tokens: int | None = None,
+) -> pd.DataFrame:
+    """Per-token T and P of each row's shared ``response`` under the row's own conversation.
+
+    Args:
+        backbone_cache: a :class:`~steerdeco.training.cache.BackboneCache` of the same base model, or
+            None. With one, the top-p features come from its compressed logit slots (as in training),
+            for every row; without, from the exact logits.
+        max_response_tokens: truncate each response to this many tokens (EOS included), as the training
+            that built the cache did (rows are found in the cache by their token ids).
+    """
     from steerdeco.chat import teacher_forced_parameters
 
     rows = list(rows)
@@ -45,13 +64,68 @@ def teacher_forced_scores(model, tokenizer, rows: Sequence[dict], batch_size: in
     if without:
         raise ValueError(f"{len(without)} rows have no response (first group {without[0]!r}): teacher forcing needs "
                          "data built with --responses given or --responses generate")
-    params = teacher_forced_parameters(
-        model, tokenizer, [r["messages"] for r in rows], [r["response"] for r in rows], batch_size, progress
-    )
+    if backbone_cache is not None:
+        params = cached_teacher_forced_parameters(model, tokenizer, rows, backbone_cache, batch_size, progress,
+                                                  max_response_tokens)
+    else:
+        params = teacher_forced_parameters(model, tokenizer, [r["messages"] for r in rows], [r["response"] for r in rows],
+                                           batch_size, progress, max_response_tokens)
     records = []
     for row, (t, p) in zip(rows, params, strict=True):
         records.append({**_meta(row), "seed": 0, "temperature": t.numpy(), "top_p": p.numpy()})
     return pd.DataFrame.from_records(records)
+
+
+@torch.no_grad()
+def cached_teacher_forced_parameters(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    cache,
+    batch_size: int = 8,
+    progress: bool = True,
+    max_response_tokens: int | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(T [n], P [n])`` per row from the backbone cache; rows not in it run through ``model.base_model``.
+
+    The rows that run through the backbone are read by the code that builds the cache
+    (:func:`~steerdeco.training.cache.build_backbone_cache`, with the cache's compression and dtype), so a
+    row gets the same heads inputs whichever way it comes.
+    """
+    from steerdeco.chat import encode_example
+    from steerdeco.training.cache import build_backbone_cache, row_key
+
+    heads = model.heads
+    use_context = bool(model.heads_config.context_features)
+    examples = [encode_example(tokenizer, r["messages"], r["response"], max_response_tokens) for r in rows]
+    found = cache.lookup([row_key(e) for e in examples])
+    if use_context and cache.context is None:
+        found = [None] * len(rows)  # this cache has no running context: every row runs through the backbone
+    missing = [i for i, row in enumerate(found) if row is None]
+    sources = [(cache, row) for row in found]
+    if missing:
+        dtype = str(cache.hidden.dtype).removeprefix("torch.")
+        live = build_backbone_cache(
+            model.base_model, [examples[i] for i in missing], tokenizer.pad_token_id, cache.top_k, cache.num_bins,
+            batch_size, progress, store_context=use_context, hidden_dtype=dtype,
+        )  # fmt: skip
+        for j, i in enumerate(missing):
+            sources[i] = (live, j)
+    logger.info("teacher-forced scores: %d of %d rows from the backbone cache, %d through the backbone",
+                len(rows) - len(missing), len(rows), len(missing))
+    device = next(heads.parameters()).device
+    results = []
+    for start in range(0, len(rows), max(batch_size, 64)):  # the heads alone: large batches are cheap
+        chunk = sources[start : start + max(batch_size, 64)]
+        pieces = [source.rows([row]) for source, row in chunk]
+        hidden = torch.cat([p[0] for p in pieces]).to(device)
+        context = torch.cat([p[1] for p in pieces]).to(device) if use_context else None
+        values = torch.cat([p[2].values for p in pieces]).to(device)
+        counts = torch.cat([p[2].counts for p in pieces]).to(device)
+        temperature, top_p = heads(hidden, values, counts, context=context)
+        lengths = [p[0].shape[0] for p in pieces]
+        results += list(zip(temperature.float().cpu().split(lengths), top_p.float().cpu().split(lengths), strict=True))
+    return results
 
 
 def free_running_scores(
