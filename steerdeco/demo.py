@@ -11,7 +11,10 @@
    statistics, trajectories and text effects (:func:`analysis.cli.run_analysis`), written as a
    Markdown report with CSV/JSON tables and PNG figures;
 
-and prints the consistency table at the end. Every run gets its own folder
+and prints the consistency table and a table of the time each stage took at the end (also in
+``results/report.md`` and ``timings.json``). The analysis scores the held-out rows teacher-forced
+from the training's backbone cache (they are in it: the trainer caches its evaluation rows too).
+Every run gets its own folder
 (``outputs/demo/run-YYYYmmdd-HHMMSS`` unless ``--out`` names one); generated responses and the
 backbone cache are kept in ``outputs/demo/cache`` and reused by later runs whose settings match.
 """
@@ -126,8 +129,10 @@ def main(args: argparse.Namespace) -> int:
 
     from .control import BuildConfig, build_control_data, load_control_data
     from .embedded import load_embedded_model
+    from .io import atomic_write_text
     from .train import main as train
     from .training import load_trained_model
+    from .training.cache import CACHE_FILE, BackboneCache
     from .training.evaluation import summarize_ordering
 
     seeds = _check_args(args)
@@ -137,6 +142,9 @@ def main(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     base, tokenizer = load_embedded_model()
+    timings["load model"] = time.perf_counter() - started
+
+    started = time.perf_counter()
     data = folder / "control_data"
     build_control_data(
         BuildConfig(
@@ -156,12 +164,17 @@ def main(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     config = training_config(args, data, folder)
-    train(config)
-    timings["training"] = time.perf_counter() - started
+    metrics = train(config)
+    timings["backbone cache"] = metrics["cache_seconds"]
+    timings["training"] = time.perf_counter() - started - metrics["cache_seconds"]
 
     started = time.perf_counter()
     model = load_trained_model(folder / "train", base).eval()
     rows = [dict(r) for r in load_control_data(data) if r["split"] == "eval"]
+    cache_file = Path(config.cache_dir) / CACHE_FILE
+    cache = BackboneCache.load(cache_file) if config.use_backbone_cache and cache_file.is_file() else None
+    timings["load trained heads"] = time.perf_counter() - started
+    analysis_timings: dict[str, float] = {}
     markdown, tables = run_analysis(
         model,
         tokenizer,
@@ -173,13 +186,33 @@ def main(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         progress=args.progress,
+        backbone_cache=cache,
+        max_response_tokens=config.max_response_tokens if cache is not None else None,
+        timings=analysis_timings,
     )
-    timings["analysis"] = time.perf_counter() - started
+    for name, label in (("teacher_forced", "analysis: teacher-forced scores"),
+                        ("free_running", "analysis: free-running generation"),
+                        ("report", "analysis: statistics, figures, report")):  # fmt: skip
+        if name in analysis_timings:
+            timings[label] = analysis_timings[name]
 
     ordering = ordering_from_scores(tables, summarize_ordering)
-    (folder / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
-    print(final_summary(folder, tables, ordering, timings))
+    table = timing_table(timings)
+    atomic_write_text(folder / "timings.json", json.dumps(timings, indent=2) + "\n")
+    report = folder / "results" / "report.md"
+    if report.is_file():
+        atomic_write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n## Time per stage\n\n" + table + "\n")
+    print(final_summary(folder, tables, ordering, table))
     return 0
+
+
+def timing_table(timings: dict[str, float]) -> str:
+    """A Markdown table of seconds per stage, with each stage's share and the total."""
+    total = sum(timings.values())
+    lines = ["| stage | seconds | share |", "|---|---:|---:|"]
+    lines += [f"| {name} | {seconds:.1f} | {seconds / total:.0%} |" for name, seconds in timings.items()] if total else []
+    lines.append(f"| **total** | **{total:.1f}** | |")
+    return "\n".join(lines)
 
 
 def ordering_from_scores(tables: dict, summarize) -> dict:
@@ -200,7 +233,7 @@ def ordering_from_scores(tables: dict, summarize) -> dict:
     return summarize(records)["by_command_split"]
 
 
-def final_summary(folder: Path, tables: dict, ordering: dict, timings: dict) -> str:
+def final_summary(folder: Path, tables: dict, ordering: dict, timing: str) -> str:
     from analysis.consistency import format_consistency_table
 
     lines = ["", "=" * 100, "Consistency on held-out prompts (teacher-forced; 95% bootstrap intervals)", ""]
@@ -217,7 +250,7 @@ def final_summary(folder: Path, tables: dict, ordering: dict, timings: dict) -> 
                 f"  {split:8s} phrasings: T {entry['temperature_ordered']:.1%}, P {entry['top_p_ordered']:.1%} "
                 f"of {entry['units']} prompts"
             )
-    lines += ["", "Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f} s)"]
+    lines += ["", "Time per stage:", "", timing, ""]
     lines += [f"Report: {folder / 'results' / 'report.md'}", f"Heads:  {folder / 'train'}"]
     return "\n".join(lines)
 

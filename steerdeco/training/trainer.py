@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,7 +304,8 @@ class SteeringTrainer(SFTTrainer):
         callbacks, optimizers: as for ``SFTTrainer``.
 
     After ``__init__``: ``trainer.autodeco_model`` is the model being trained, ``trainer.backbone_cache``
-    the cache (or None), ``trainer.train_rows``/``eval_rows`` the control rows.
+    the cache (or None) and ``trainer.backbone_cache_seconds`` the time it took to load or build,
+    ``trainer.train_rows``/``eval_rows`` the control rows.
     """
 
     _tag_names = ["trl", "steerdeco"]
@@ -359,8 +361,9 @@ class SteeringTrainer(SFTTrainer):
             self.eval_rows = eval_dataset  # the final ordering report scores the same groups
         self.split_names = command_split_names(train_groups, eval_groups)
 
-        self.backbone_cache = None
+        self.backbone_cache, self.backbone_cache_seconds = None, 0.0
         if args.use_backbone_cache:
+            cache_started = time.perf_counter()
             cache_dir = args.cache_dir or os.path.join(args.output_dir, "backbone_cache")
             with args.main_process_first(desc="backbone cache"):
                 self.backbone_cache = load_or_build_cache(
@@ -375,6 +378,7 @@ class SteeringTrainer(SFTTrainer):
                     store_context=model.heads_config.context_features,
                     hidden_dtype=args.cache_hidden_dtype,
                 )
+            self.backbone_cache_seconds = time.perf_counter() - cache_started
 
         import datasets
 
