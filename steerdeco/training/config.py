@@ -25,14 +25,18 @@ REDUCTIONS = ("token", "sequence")
 RANKING_SPACES = ("linear", "log")
 
 
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
 def _multi_process_without_accelerator() -> bool:
     """Launched as several processes (``WORLD_SIZE > 1``) on a machine without any accelerator."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and hasattr(accelerator, "is_available"):
-        return not accelerator.is_available()
-    return not torch.cuda.is_available()
+    return not _has_accelerator()
 
 
 @dataclass
@@ -276,6 +280,13 @@ class SteeringConfig(SFTConfig):
 
     def __post_init__(self):
         self._check_steering_fields()
+        if (self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true") and (
+            self.use_cpu or _multi_process_without_accelerator() or not _has_accelerator()
+        ):
+            raise ValueError(
+                "FSDP needs GPUs (accelerate runs CPU processes as DDP and would ignore it): run on GPUs, or drop "
+                "--fsdp / the FSDP accelerate config to train with DDP"
+            )
         if not self.use_cpu and _multi_process_without_accelerator():
             self.use_cpu = True  # several CPU processes (torchrun, accelerate launch): DDP over gloo
         if self.dataloader_pin_memory and (self.use_cpu or not torch.cuda.is_available()):
@@ -357,11 +368,19 @@ class SteeringConfig(SFTConfig):
                 raise ValueError("lora_target_modules must name at least one module for training_mode='lora_joint'")
         if self.push_to_hub:
             raise ValueError("push_to_hub is not supported: steerdeco trains offline and saves heads locally")
-        if self.deepspeed or self.fsdp:
+        if self.deepspeed:
             raise ValueError(
-                "DeepSpeed and FSDP are not supported (checkpoints are heads/adapters as safetensors); use DDP "
-                "(accelerate launch or torchrun)"
+                "DeepSpeed is not supported (checkpoints are heads/adapters as safetensors); use FSDP2 "
+                "(accelerate launch --config_file configs/accelerate_fsdp2.yaml) or DDP"
             )
+        if self.fsdp:
+            fsdp_config = self.fsdp_config if isinstance(self.fsdp_config, dict) else {}
+            version = fsdp_config.get("version", fsdp_config.get("fsdp_version", 2))
+            if str(version) != "2":
+                raise ValueError(
+                    f"fsdp_config version {version} is not supported: steerdeco trains with FSDP2 (fully_shard); "
+                    "set fsdp_config: {version: 2} or use configs/accelerate_fsdp2.yaml"
+                )
         if self.fp16:
             raise ValueError("fp16 mixed precision is not supported (its grad scaler state is pickled); use bf16")
         if self.packing or self.padding_free:

@@ -42,7 +42,9 @@ from .checkpoint import (
     OPTIMIZER_STATE,
     RNG_STATE,
     SCHEDULER_STATE,
+    full_optimizer_state,
     has_state,
+    is_sharded,
     load_state,
     load_trained_into,
     rng_state,
@@ -563,19 +565,30 @@ class SteeringTrainer(SFTTrainer):
     # -- checkpoints (no pickle) ----------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Heads (+ LoRA adapter) as safetensors and the config as JSON, instead of the whole model and a
-        pickled ``training_args.bin``. Only the writing process saves."""
+        pickled ``training_args.bin``. Only the writing process saves; under FSDP from the full state dict
+        that ``save_model`` gathered from every process's shards."""
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        save_trained(self.autodeco_model, output_dir)
+        if state_dict is not None and self.is_fsdp_enabled:  # gathered from the shards by save_model
+            prefix = "autodeco."
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            save_trained(self.autodeco_model, output_dir, state_dict=state_dict)
+        else:
+            save_trained(self.autodeco_model, output_dir)
         atomic_write_text(Path(output_dir) / STEERING_CONFIG_NAME, self.args.to_json_string())
         logger.info("saved the trained heads%s to %s", " and adapter" if self.args.training_mode == "lora_joint" else "", output_dir)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        """Optimizer and scheduler state as safetensors + JSON (``optimizer.*``, ``scheduler.*``)."""
+        """Optimizer and scheduler state as safetensors + JSON (``optimizer.*``, ``scheduler.*``); under FSDP
+        the optimizer state is gathered to full tensors keyed by parameter name (every process takes part)."""
+        if self.is_fsdp_enabled and is_sharded(self.model):
+            optimizer_state = full_optimizer_state(self.model, getattr(self.optimizer, "optimizer", self.optimizer))
+        else:
+            optimizer_state = self.optimizer.state_dict() if self.args.should_save else None
         if self.args.should_save:
-            save_state(output_dir, OPTIMIZER_STATE, self.optimizer.state_dict())
+            save_state(output_dir, OPTIMIZER_STATE, optimizer_state)
             save_state(output_dir, SCHEDULER_STATE, self.lr_scheduler.state_dict())
 
     def _rng_file(self) -> str:
@@ -585,12 +598,21 @@ class SteeringTrainer(SFTTrainer):
         """RNG states as safetensors + JSON, one file per process."""
         save_state(output_dir, self._rng_file(), rng_state())
 
+    def _refuse_sharded_loading(self, what: str) -> None:
+        if self.is_fsdp_enabled:
+            raise ValueError(
+                f"{what} under FSDP is not supported yet (the checkpoint holds full, unsharded heads and adapter): "
+                "start a new run with init_heads=CHECKPOINT, or resume without FSDP"
+            )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Load the heads (+ adapter) written by ``_save``."""
+        self._refuse_sharded_loading("resume_from_checkpoint")
         load_trained_into(self.autodeco_model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         """Load the heads (+ adapter) of the best checkpoint."""
+        self._refuse_sharded_loading("load_best_model_at_end")
         load_trained_into(self.autodeco_model, self.state.best_model_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
