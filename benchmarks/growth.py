@@ -98,6 +98,9 @@ def measure(size: int, args: argparse.Namespace, base, tokenizer, tmp: str) -> d
     )
     analysis_seconds = time.perf_counter() - started
     train_rows = len(rows) - len(eval_rows)
+    cache = trainer.backbone_cache
+    print(f"{len(rows)} rows: cache of {cache.hidden.shape[0]} positions, {cache.bytes_per_position:.0f} bytes per position "
+          f"(hidden {cache.hidden.dtype}, context {'stored' if cache.context is not None else 'not stored'})")
     return {
         "rows": len(rows),
         "cache build": (cache_seconds, len(rows)),

@@ -64,7 +64,7 @@ def _token_probability_features(logits: torch.Tensor, temperature: torch.Tensor)
     The same quantities, rearranged: with ``s = (logits - max) / T``, ``e = exp(s)`` and ``Z = sum(e)``,
     max prob ``= 1 / Z``, entropy ``= log Z - (e . s) / Z``, variance ``= (e . e) / (Z^2 V) - 1 / V^2`` and
     top-5 mass from the five largest logits (one ``topk``, which also gives the max). Decoding computes
-    these for every sampled token, so the two dot products replace four full-size temporaries.
+    these for every sampled token, so two dot products replace four full-size temporaries.
     """
     vocab = logits.shape[-1]
     top = logits.topk(min(5, vocab), dim=-1).values
@@ -72,13 +72,20 @@ def _token_probability_features(logits: torch.Tensor, temperature: torch.Tensor)
     shifted = (logits - top[..., :1]).mul_(inverse_t)
     exps = shifted.exp()
     z = exps.sum(-1)
-    flat_e, flat_s = exps.reshape(-1, 1, vocab), shifted.reshape(-1, vocab, 1)
-    e_dot_s = torch.bmm(flat_e, flat_s).reshape(z.shape)
-    e_dot_e = torch.bmm(flat_e, exps.reshape(-1, vocab, 1)).reshape(z.shape)
+    e_dot_s, e_dot_e = _row_dots(exps, shifted), _row_dots(exps, exps)
     top_mass = ((top - top[..., :1]) * inverse_t).exp().sum(-1) / z
     entropy = z.log() - e_dot_s / z
     variance = e_dot_e / (z.square() * vocab) - 1.0 / vocab**2
     return torch.stack([z.reciprocal(), entropy, variance, top_mass], dim=-1)
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``[..., V]`` tensors; a few rows (a decoding step) go through ``torch.dot``,
+    which reads both once and allocates nothing."""
+    rows_a, rows_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    if rows_a.shape[0] > 16:
+        return (a * b).sum(-1)
+    return torch.stack([torch.dot(x, y) for x, y in zip(rows_a, rows_b, strict=True)]).reshape(a.shape[:-1])
 
 
 def running_context(
