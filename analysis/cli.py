@@ -519,6 +519,9 @@ def score_rows(
     seed: int = 0,
     free_running_variants: str | Sequence[str] = DEFAULT_FREE_RUNNING_VARIANTS,
     prompt_only_temperature: float | None = None,
+    backbone_cache=None,
+    max_response_tokens: int | None = None,
+    timings: dict | None = None,
 ) -> dict[str, pd.DataFrame]:
     """``{protocol: variant scores}`` of ``model`` (an AutoDecoModel) on control-data ``rows``.
 
@@ -527,7 +530,9 @@ def score_rows(
     only their rows that this selection names (:func:`analysis.collect.select_variant_rows`).
     ``prompt_only_temperature``: also generate those rows with the base model without heads at
     this temperature (key ``prompt_only``, :func:`analysis.collect.prompt_only_scores`). Generation
-    pads on the left; the tokenizer's ``padding_side`` is restored afterwards.
+    pads on the left; the tokenizer's ``padding_side`` is restored afterwards. ``backbone_cache``,
+    ``max_response_tokens``: teacher-forced scoring from the training's backbone cache (see
+    :func:`analysis.collect.teacher_forced_scores`). ``timings``: filled with seconds per protocol.
     """
     from .collect import free_running_scores, prompt_only_scores, select_variant_rows, teacher_forced_scores
 
@@ -540,7 +545,9 @@ def score_rows(
     for protocol in protocols:
         start = time.perf_counter()
         if protocol == "teacher_forced":
-            scores[protocol] = teacher_forced_scores(model, tokenizer, rows, batch_size=batch_size, progress=progress)
+            scores[protocol] = teacher_forced_scores(model, tokenizer, rows, batch_size=batch_size, progress=progress,
+                                                     backbone_cache=backbone_cache,
+                                                     max_response_tokens=max_response_tokens)
         else:
             subset = rows
             if free_running_groups is not None:
@@ -565,7 +572,10 @@ def score_rows(
                         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
             finally:
                 tokenizer.padding_side = padding_side
-        logger.info("%s: %d score rows in %.1f s", protocol, len(scores[protocol]), time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        logger.info("%s: %d score rows in %.1f s", protocol, len(scores[protocol]), elapsed)
+        if timings is not None:
+            timings[protocol] = elapsed
     return scores
 
 
@@ -727,6 +737,9 @@ def run_analysis(
     free_running_variants: str | Sequence[str] = DEFAULT_FREE_RUNNING_VARIANTS,
     prompt_only_temperature: float | None = 1.0,
     seen: Mapping | None = None,
+    backbone_cache=None,
+    max_response_tokens: int | None = None,
+    timings: dict | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Score an in-memory model on control-data rows and analyse (what ``python -m analysis`` does after loading).
 
@@ -746,6 +759,10 @@ def run_analysis(
             prompt-only baseline's temperature (None: no baseline); see :func:`score_rows`.
         seen: named values of the train prompts (:func:`analysis.steering.seen_targets`); None:
             taken from the ``train`` rows among ``rows`` (pass every row, ``split`` picks the analysed ones).
+        backbone_cache, max_response_tokens: teacher-forced scores from the training's backbone cache
+            (see :func:`analysis.collect.teacher_forced_scores`).
+        timings: filled with seconds per protocol (``teacher_forced``, ``free_running``) and for the
+            statistics and report (``report``).
 
     Returns:
         ``(markdown, tables)``: the report text and ``{"<protocol>.<name>": DataFrame}``;
@@ -769,7 +786,9 @@ def run_analysis(
     selected = select_rows(rows, split=split, max_groups=max_groups, seed=seed)
     scores = score_rows(model, tokenizer, selected, protocols, seeds, max_new_tokens, batch_size, progress,
                         free_running_groups=free_running_groups, seed=seed, free_running_variants=free_running_variants,
-                        prompt_only_temperature=prompt_only_temperature)
+                        prompt_only_temperature=prompt_only_temperature, backbone_cache=backbone_cache,
+                        max_response_tokens=max_response_tokens, timings=timings)
+    started = time.perf_counter()
     eval_only = split == "eval"
     if out_dir is None:
         markdown, tables = analyse_scores(scores, n_boot=n_boot, seed=seed, eval_only=eval_only, seen=seen)
@@ -777,6 +796,8 @@ def run_analysis(
         markdown, tables = write_results(out_dir, scores, overwrite=overwrite, n_boot=n_boot, seed=seed,
                                          eval_only=eval_only, figures=figures, run_info=run_info, seen=seen)
     tables.update({f"scores.{protocol}": frame for protocol, frame in scores.items()})
+    if timings is not None:
+        timings["report"] = time.perf_counter() - started
     return markdown, tables
 
 

@@ -86,17 +86,26 @@ def response_parameters(
 
 @torch.no_grad()
 def teacher_forced_parameters(
-    model, tokenizer, conversations: list[list[dict]], responses: list[str], batch_size: int = 8, progress: bool = False
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    responses: list[str],
+    batch_size: int = 8,
+    progress: bool = False,
+    max_response_tokens: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Predicted T and P along each response, teacher-forced after its conversation.
 
-    Returns one ``(T [n], P [n])`` pair (CPU tensors) per example, ``n`` = response tokens + EOS.
+    Returns one ``(T [n], P [n])`` pair (CPU tensors) per example, ``n`` = response tokens + EOS
+    (at most ``max_response_tokens``, as :func:`encode_example` truncates).
     """
     if len(conversations) != len(responses):
         raise ValueError(f"{len(conversations)} conversations but {len(responses)} responses")
     from tqdm.auto import tqdm
 
-    examples = [encode_example(tokenizer, c, r) for c, r in zip(conversations, responses, strict=True)]
+    examples = [
+        encode_example(tokenizer, c, r, max_response_tokens) for c, r in zip(conversations, responses, strict=True)
+    ]
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     results: list = [None] * len(examples)
     starts = range(0, len(order), batch_size)

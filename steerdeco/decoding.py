@@ -43,6 +43,27 @@ def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: 
     return scores.masked_fill(to_remove, -math.inf)
 
 
+def top_k_top_p_filter(scores: torch.Tensor, top_k: int, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """``top_p_filter(TopKLogitsWarper(top_k)(scores), top_p)`` without sorting the whole vocabulary.
+
+    Top-p only ever keeps tokens that top-k kept, so the rule runs on the ``top_k`` best scores (one
+    ``topk`` instead of a sort of ``V``). Rows where scores tie at the k-th value (top-k then keeps
+    more than ``k`` tokens) take the full path. scores ``[B, V]``, top_p ``[B]``.
+    """
+    k = max(top_k, min_tokens_to_keep)
+    if k >= scores.shape[-1]:
+        return top_p_filter(scores, top_p, min_tokens_to_keep)
+    values, indices = scores.topk(k, dim=-1)  # descending
+    if bool(((scores >= values[:, -1:]).sum(-1) > k).any()):
+        return top_p_filter(TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens_to_keep)(None, scores), top_p, min_tokens_to_keep)
+    ascending = values.flip(-1)
+    cumulative_probs = ascending.softmax(dim=-1).cumsum(dim=-1)
+    to_remove = cumulative_probs <= (1 - top_p.to(cumulative_probs.dtype)).unsqueeze(-1)
+    to_remove[..., -min_tokens_to_keep:] = False
+    kept = ascending.masked_fill(to_remove, -math.inf).flip(-1)
+    return torch.full_like(scores, -math.inf).scatter_(-1, indices, kept)
+
+
 @dataclass
 class _StepRecord:
     """Per-forward predictions collected by the lm_head hook."""
@@ -89,7 +110,7 @@ class DynamicTemperatureTopP(LogitsProcessor):
         if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
             raise ValueError(f"`top_k` must be a non-negative integer or None, got {top_k!r}")
         self.record = record
-        self.top_k = TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens_to_keep) if top_k else None
+        self.top_k = int(top_k) if top_k else None
         self.temperature_scale = float(temperature_scale)
         self.top_p_scale = float(top_p_scale)
         self.min_tokens_to_keep = min_tokens_to_keep
@@ -107,7 +128,7 @@ class DynamicTemperatureTopP(LogitsProcessor):
         temperature, top_p = self.effective(temperature, top_p)
         scaled = scores / temperature.to(scores.dtype).unsqueeze(-1)
         if self.top_k is not None:
-            scaled = self.top_k(input_ids, scaled)
+            return top_k_top_p_filter(scaled, self.top_k, top_p, self.min_tokens_to_keep)
         return top_p_filter(scaled, top_p, self.min_tokens_to_keep)
 
 

@@ -12,7 +12,10 @@
    statistics, trajectories and text effects (:func:`analysis.cli.run_analysis`), written as a
    Markdown report with CSV/JSON tables and PNG figures;
 
-and prints the consistency table at the end. Every run gets its own folder
+and prints the consistency table and a table of the time each stage took at the end (also in
+``results/report.md`` and ``timings.json``). The analysis scores the held-out rows teacher-forced
+from the training's backbone cache (they are in it: the trainer caches its evaluation rows too).
+Every run gets its own folder
 (``outputs/demo/run-YYYYmmdd-HHMMSS`` unless ``--out`` names one); generated responses and the
 backbone cache are kept in ``outputs/demo/cache`` and reused by later runs whose settings match.
 """
@@ -189,6 +192,7 @@ def main(args: argparse.Namespace) -> int:
     from .io import atomic_write_text
     from .train import main as train
     from .training import load_trained_model
+    from .training.cache import CACHE_FILE, BackboneCache
     from .training.evaluation import summarize_ordering
 
     seeds = _check_args(args)
@@ -200,7 +204,10 @@ def main(args: argparse.Namespace) -> int:
     config = training_config(args, data, folder)
     started = time.perf_counter()
     base, tokenizer = load_embedded_model(dtype=config.backbone_torch_dtype)
+    timings["load model"] = time.perf_counter() - started
     logger.info("base model in %s", config.backbone_torch_dtype)
+
+    started = time.perf_counter()
     build_control_data(
         BuildConfig(
             out=str(data),
@@ -220,12 +227,17 @@ def main(args: argparse.Namespace) -> int:
     timings["control data"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    train(config)
-    timings["training"] = time.perf_counter() - started
+    metrics = train(config)
+    timings["backbone cache"] = metrics["cache_seconds"]
+    timings["training"] = time.perf_counter() - started - metrics["cache_seconds"]
 
     started = time.perf_counter()
     model = load_trained_model(folder / "train", base).eval()
     rows = [dict(r) for r in load_control_data(data)]  # run_analysis keeps the eval split; train rows name the seen values
+    cache_file = Path(config.cache_dir) / CACHE_FILE
+    cache = BackboneCache.load(cache_file) if config.use_backbone_cache and cache_file.is_file() else None
+    timings["load trained heads"] = time.perf_counter() - started
+    analysis_timings: dict[str, float] = {}
     markdown, tables = run_analysis(
         model,
         tokenizer,
@@ -240,14 +252,34 @@ def main(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         progress=args.progress,
+        backbone_cache=cache,
+        max_response_tokens=config.max_response_tokens if cache is not None else None,
+        timings=analysis_timings,
     )
-    timings["analysis"] = time.perf_counter() - started
+    for name, label in (("teacher_forced", "analysis: teacher-forced scores"),
+                        ("free_running", "analysis: free-running generation"),
+                        ("report", "analysis: statistics, figures, report")):  # fmt: skip
+        if name in analysis_timings:
+            timings[label] = analysis_timings[name]
 
     ordering = ordering_from_scores(tables, summarize_ordering)
+    table = timing_table(timings)
     atomic_write_text(folder / "timings.json", json.dumps(timings, indent=2) + "\n")
+    report = folder / "results" / "report.md"
+    if report.is_file():
+        atomic_write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n## Time per stage\n\n" + table + "\n")
     shutil.rmtree(previous_run(folder), ignore_errors=True)
-    print(final_summary(folder, tables, ordering, timings))
+    print(final_summary(folder, tables, ordering, table))
     return 0
+
+
+def timing_table(timings: dict[str, float]) -> str:
+    """A Markdown table of seconds per stage, with each stage's share and the total."""
+    total = sum(timings.values())
+    lines = ["| stage | seconds | share |", "|---|---:|---:|"]
+    lines += [f"| {name} | {seconds:.1f} | {seconds / total:.0%} |" for name, seconds in timings.items()] if total else []
+    lines.append(f"| **total** | **{total:.1f}** | |")
+    return "\n".join(lines)
 
 
 def ordering_from_scores(tables: dict, summarize) -> dict:
@@ -268,7 +300,7 @@ def ordering_from_scores(tables: dict, summarize) -> dict:
     return summarize(records)["by_command_split"]
 
 
-def final_summary(folder: Path, tables: dict, ordering: dict, timings: dict) -> str:
+def final_summary(folder: Path, tables: dict, ordering: dict, timing: str) -> str:
     from analysis.consistency import format_consistency_table
 
     lines = ["", "=" * 100, "Consistency on held-out prompts (teacher-forced; 95% bootstrap intervals)", ""]
@@ -285,7 +317,7 @@ def final_summary(folder: Path, tables: dict, ordering: dict, timings: dict) -> 
                 f"  {split:8s} phrasings: T {entry['temperature_ordered']:.1%}, P {entry['top_p_ordered']:.1%} "
                 f"of {entry['units']} prompts"
             )
-    lines += ["", "Time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f} s)"]
+    lines += ["", "Time per stage:", "", timing, ""]
     lines += [f"Report: {folder / 'results' / 'report.md'}", f"Heads:  {folder / 'train'}"]
     return "\n".join(lines)
 

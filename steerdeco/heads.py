@@ -49,6 +49,8 @@ def probability_features(
     Returns:
         ``[..., 4]``: (max prob, entropy in nats, variance of the V probabilities, top-5 mass).
     """
+    if counts is None:
+        return _token_probability_features(logits, temperature)
     scaled = logits / temperature.unsqueeze(-1)
     weighted = scaled if counts is None else scaled + torch.log(counts)
     log_z = torch.logsumexp(weighted, dim=-1)
@@ -59,6 +61,36 @@ def probability_features(
     entropy = log_z - (mass * scaled).sum(-1)
     variance = (mass * p).sum(-1) / vocab - vocab.reciprocal().square()
     return torch.stack([top[..., 0], entropy, variance, top.sum(-1)], dim=-1)
+
+
+def _token_probability_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """:func:`probability_features` of full logits ``[..., V]`` in fewer passes over the vocabulary.
+
+    The same quantities, rearranged: with ``s = (logits - max) / T``, ``e = exp(s)`` and ``Z = sum(e)``,
+    max prob ``= 1 / Z``, entropy ``= log Z - (e . s) / Z``, variance ``= (e . e) / (Z^2 V) - 1 / V^2`` and
+    top-5 mass from the five largest logits (one ``topk``, which also gives the max). Decoding computes
+    these for every sampled token, so two dot products replace four full-size temporaries.
+    """
+    vocab = logits.shape[-1]
+    top = logits.topk(min(5, vocab), dim=-1).values
+    inverse_t = temperature.reciprocal().unsqueeze(-1)
+    shifted = (logits - top[..., :1]).mul_(inverse_t)
+    exps = shifted.exp()
+    z = exps.sum(-1)
+    e_dot_s, e_dot_e = _row_dots(exps, shifted), _row_dots(exps, exps)
+    top_mass = ((top - top[..., :1]) * inverse_t).exp().sum(-1) / z
+    entropy = z.log() - e_dot_s / z
+    variance = e_dot_e / (z.square() * vocab) - 1.0 / vocab**2
+    return torch.stack([z.reciprocal(), entropy, variance, top_mass], dim=-1)
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``[..., V]`` tensors; a few rows (a decoding step) go through ``torch.dot``,
+    which reads both once and allocates nothing."""
+    rows_a, rows_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    if rows_a.shape[0] > 16:
+        return (a * b).sum(-1)
+    return torch.stack([torch.dot(x, y) for x, y in zip(rows_a, rows_b, strict=True)]).reshape(a.shape[:-1])
 
 
 def running_context(

@@ -324,10 +324,14 @@ class AutoDecoModel(nn.Module):
         return self.generate_with_trace(**kwargs).sequences
 
     # -- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, overwrite: bool = False, state_dict: dict | None = None
+    ) -> Path:
         """Write the heads (``heads.safetensors``) and ``heads_config.json``; never the base model.
 
         Refuses to replace existing head files unless ``overwrite=True``. Each file is written atomically.
+        ``state_dict``: the heads' weights to write instead of ``self.heads.state_dict()`` (e.g. gathered
+        from parameters sharded by FSDP).
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -335,7 +339,11 @@ class AutoDecoModel(nn.Module):
         existing = [str(p) for p in (weights, config_path) if p.exists()]
         if existing and not overwrite:
             raise FileExistsError(f"{existing} already exist; pass overwrite=True to replace them")
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.heads.state_dict().items()}
+        state = self.heads.state_dict() if state_dict is None else state_dict
+        expected = set(self.heads.state_dict())
+        if set(state) != expected:
+            raise ValueError(f"heads state_dict keys {sorted(state)} do not match the heads' {sorted(expected)}")
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
         atomic_write_with(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         atomic_write_text(config_path, self.heads_config.to_json_string())
         logger.info("saved heads to %s", directory)

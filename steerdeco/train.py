@@ -104,7 +104,8 @@ def main(config: SteeringConfig) -> dict:
 
     Returns:
         ``{"train": train metrics, "eval": trainer evaluation metrics (or {}), "ordering": the
-        ordering report's ``by_command_split`` (or {}), "train_seconds": wall time of training}``.
+        ordering report's ``by_command_split`` (or {}), "train_seconds": wall time of training (backbone
+        cache included), "cache_seconds": of which loading or building the backbone cache}``.
     """
     from .training.evaluation import evaluate_ordering
     from .training.trainer import SteeringTrainer
@@ -114,7 +115,13 @@ def main(config: SteeringConfig) -> dict:
     result = trainer.train()  # resumes as config.resume_from_checkpoint says (checked by the trainer's preflight)
     trainer.save_model(config.output_dir)
     train_seconds = time.perf_counter() - started
-    metrics = {"train": dict(result.metrics), "eval": {}, "ordering": {}, "train_seconds": train_seconds}
+    metrics = {
+        "train": dict(result.metrics),
+        "eval": {},
+        "ordering": {},
+        "train_seconds": train_seconds,
+        "cache_seconds": trainer.backbone_cache_seconds,
+    }
     if trainer.eval_dataset is not None:
         step = trainer.state.global_step
         done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]

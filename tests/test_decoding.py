@@ -2,11 +2,12 @@ import math
 
 import pytest
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, TopKLogitsWarper
 
 from steerdeco import AutoDecoModel, DynamicTemperatureTopP, HeadsConfig
 from steerdeco.chat import response_parameters
-from steerdeco.decoding import _StepRecord, generated_mask, top_p_filter
+from steerdeco.decoding import _StepRecord, generated_mask, top_k_top_p_filter, top_p_filter
+from steerdeco.heads import probability_features
 from steerdeco.hooks import decoder, output_embeddings
 from steerdeco.losses import IGNORE_INDEX
 
@@ -141,6 +142,41 @@ def test_top_p_filter_keeps_at_least_one_token():
     scores = torch.tensor([[10.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     out = top_p_filter(scores, torch.tensor([0.01, 0.5]))
     assert torch.isfinite(out).sum(1).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("min_tokens_to_keep", [1, 3])
+def test_top_k_then_top_p_on_the_k_best_keeps_the_same_tokens_as_on_the_whole_vocabulary(min_tokens_to_keep):
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 500, generator=generator) * torch.linspace(0.5, 6, 64).unsqueeze(1)
+    scores[1, 100] = -math.inf  # a token another processor removed
+    tied = scores.clone()
+    tied[0, :] = torch.arange(500).float() // 50  # ties at every k-th value: top-k keeps more than k tokens
+    top_p = torch.rand(64, generator=generator)
+    for batch in (scores, tied):
+        for top_k in (1, 10, 50, 499, 500):
+            warper = TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens_to_keep)
+            expected = torch.isfinite(top_p_filter(warper(None, batch), top_p, min_tokens_to_keep))
+            got = top_k_top_p_filter(batch, top_k, top_p, min_tokens_to_keep)
+            kept = torch.isfinite(got)
+            assert torch.equal(got[kept], batch[kept])
+            if batch is scores:
+                assert torch.equal(kept, expected), top_k
+            else:  # which of several equal scores a sort puts first is arbitrary: the same number is kept, by value
+                assert torch.equal(kept.sum(-1), expected.sum(-1)), top_k
+                for row in range(batch.shape[0]):
+                    assert torch.equal(batch[row][kept[row]].sort().values, batch[row][expected[row]].sort().values)
+
+
+def test_probability_features_of_full_logits_match_their_definition():
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 3, 1000, generator=generator) * 4).double()
+    temperature = torch.rand(6, 3, generator=generator).double() * 2 + 0.05
+    p = torch.softmax(logits / temperature.unsqueeze(-1), dim=-1)
+    expected = torch.stack(
+        [p.amax(-1), -(p * p.log()).sum(-1), p.var(-1, unbiased=False), p.topk(5, dim=-1).values.sum(-1)], dim=-1
+    )
+    torch.testing.assert_close(probability_features(logits.float(), temperature.float()).double(), expected,
+                               rtol=1e-4, atol=1e-7)
 
 
 def test_models_without_an_lm_head_or_decoder_are_refused_by_name():

@@ -62,3 +62,10 @@ def test_training_config_reads_the_demo_yaml_with_this_runs_paths(tmp_path):
     assert config.cache_dir == str(tmp_path / "cache" / "backbone")
     assert config.seed == 3 and config.final_ordering_report is False and config.disable_tqdm is True
     assert config.model_name_or_path == "embedded" and config.training_mode == "head_only"
+
+
+def test_timing_table_lists_every_stage_with_its_share_and_the_total():
+    table = demo.timing_table({"control data": 30.0, "training": 10.0})
+    lines = table.splitlines()
+    assert lines[2] == "| control data | 30.0 | 75% |" and lines[3] == "| training | 10.0 | 25% |"
+    assert lines[-1] == "| **total** | **40.0** | |"

@@ -307,6 +307,32 @@ def test_context_heads_trained_from_the_cache_order_held_out_prompts(tmp_path):
     assert entry["temperature"]["low"] < entry["temperature"]["none"] < entry["temperature"]["high"]
 
 
+def test_heads_trained_from_a_half_precision_cache_order_held_out_prompts_as_well_as_from_fp32(tmp_path):
+    rows = synthetic_control_rows(num_prompts=12, num_eval_prompts=4)
+    reports, sizes = {}, {}
+    for dtype in ("float32", "bfloat16", "float16"):
+        args = config(tmp_path / dtype, max_steps=60, learning_rate=1e-2, heads_context_features=True,
+                      heads_mlp_width=64, cache_hidden_dtype=dtype)
+        trainer = SteeringTrainer(args=args, train_dataset=select_split(rows, "train"))
+        assert trainer.backbone_cache.hidden.dtype == getattr(torch, dtype)
+        sizes[dtype] = trainer.backbone_cache.bytes_per_position
+        trainer.train()
+        report = evaluate_ordering(trainer.autodeco_model, trainer.processing_class, select_split(rows, "eval"))
+        reports[dtype] = report["by_command_split"]["train"]
+    assert sizes["bfloat16"] == sizes["float16"] < sizes["float32"]
+    for dtype in ("bfloat16", "float16"):
+        assert reports[dtype]["temperature_ordered"] >= reports["float32"]["temperature_ordered"] >= 0.75
+        means = reports[dtype]["temperature"]
+        assert means["low"] < means["none"] < means["high"]
+
+
+def test_heads_without_context_features_get_a_cache_without_context(tmp_path, train_rows):
+    trainer = SteeringTrainer(args=config(tmp_path, heads_context_features=False), train_dataset=train_rows)
+    assert trainer.backbone_cache.context is None
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "hidden" in batch and "context" not in batch
+
+
 @pytest.mark.parametrize("space", ["linear", "log"])
 def test_ranking_space_picks_what_the_margin_compares(tmp_path, train_rows, space):
     trainer = SteeringTrainer(args=config(tmp_path, ranking_space=space), train_dataset=train_rows)

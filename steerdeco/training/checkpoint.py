@@ -214,13 +214,52 @@ def _peft_model(model: AutoDecoModel):
     return model.base_model if isinstance(model.base_model, PeftModel) else None
 
 
-def save_trained(model: AutoDecoModel, directory: str | os.PathLike) -> None:
-    """Write the heads and, when the base model is a peft model, its adapter (``adapter/``)."""
+def save_trained(model: AutoDecoModel, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """Write the heads and, when the base model is a peft model, its adapter (``adapter/``).
+
+    ``state_dict``: the whole model's full state dict, keys relative to ``model`` (``heads.*``,
+    ``base_model.*``), as :func:`full_state_dict` gathers it from sharded parameters; None: the
+    model's own (unsharded) parameters.
+    """
     directory = Path(directory)
-    model.save_pretrained(directory, overwrite=True)
+    heads = None if state_dict is None else _under(state_dict, "heads.")
+    model.save_pretrained(directory, overwrite=True, state_dict=heads)
     peft_model = _peft_model(model)
     if peft_model is not None:
-        peft_model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
+        kwargs = {} if state_dict is None else {"state_dict": _under(state_dict, "base_model.")}
+        peft_model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True, **kwargs)
+
+
+def _under(state_dict: dict, prefix: str) -> dict:
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+# -- sharded (FSDP2) state ------------------------------------------------------------------------
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether any parameter of ``module`` is a DTensor (sharded by FSDP2's ``fully_shard``)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of an FSDP2 ``module``, on CPU, on rank 0 (empty elsewhere).
+
+    A collective: every process must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(module: torch.nn.Module, optimizer) -> dict:
+    """The optimizer state of an FSDP2 ``module`` with full tensors keyed by parameter name, on rank 0.
+
+    A collective: every process must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_trained_into(model: AutoDecoModel, directory: str | os.PathLike) -> None:

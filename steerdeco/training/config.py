@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from .cache import HIDDEN_DTYPES
+
 TRAINING_MODES = ("head_only", "lora_joint")
 TRAIN_HEADS = ("both", "temperature", "top_p")
 AUTODECO_ROWS = ("uncommanded", "all")
@@ -33,14 +35,18 @@ def fast_bf16_available() -> bool:
     return bool(check()) if check is not None else False
 
 
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
 def _multi_process_without_accelerator() -> bool:
     """Launched as several processes (``WORLD_SIZE > 1``) on a machine without any accelerator."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and hasattr(accelerator, "is_available"):
-        return not accelerator.is_available()
-    return not torch.cuda.is_available()
+    return not _has_accelerator()
 
 
 @dataclass
@@ -192,6 +198,14 @@ class SteeringConfig(SFTConfig):
             "where bf16 matrix products are fast: a CUDA GPU, or a CPU with AMX; else float32). The heads always "
             "train in float32; generate with the base model in the same precision.",
             "choices": list(BACKBONE_DTYPES),
+        },
+    )
+    cache_hidden_dtype: str = field(
+        default="bfloat16",
+        metadata={
+            "help": "dtype of the hidden states (and running context) stored in the backbone cache; the heads "
+            "compute in float32 either way.",
+            "choices": list(HIDDEN_DTYPES),
         },
     )
 
@@ -349,6 +363,13 @@ class SteeringConfig(SFTConfig):
 
     def __post_init__(self):
         self._check_steering_fields()
+        if (self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true") and (
+            self.use_cpu or _multi_process_without_accelerator() or not _has_accelerator()
+        ):
+            raise ValueError(
+                "FSDP needs GPUs (accelerate runs CPU processes as DDP and would ignore it): run on GPUs, or drop "
+                "--fsdp / the FSDP accelerate config to train with DDP"
+            )
         if not self.use_cpu and _multi_process_without_accelerator():
             self.use_cpu = True  # several CPU processes (torchrun, accelerate launch): DDP over gloo
         if self.dataloader_pin_memory and (self.use_cpu or not torch.cuda.is_available()):
@@ -451,6 +472,7 @@ class SteeringConfig(SFTConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        choice("cache_hidden_dtype", tuple(HIDDEN_DTYPES))
         if self.cache_batch_size < 1:
             raise ValueError(f"cache_batch_size must be >= 1, got {self.cache_batch_size}")
         if self.heads_steering_width < 0 or (self.heads_steering_width and not self.heads_context_features):
@@ -476,11 +498,19 @@ class SteeringConfig(SFTConfig):
                 raise ValueError("lora_target_modules must name at least one module for training_mode='lora_joint'")
         if self.push_to_hub:
             raise ValueError("push_to_hub is not supported: steerdeco trains offline and saves heads locally")
-        if self.deepspeed or self.fsdp:
+        if self.deepspeed:
             raise ValueError(
-                "DeepSpeed and FSDP are not supported (checkpoints are heads/adapters as safetensors); use DDP "
-                "(accelerate launch or torchrun)"
+                "DeepSpeed is not supported (checkpoints are heads/adapters as safetensors); use FSDP2 "
+                "(accelerate launch --config_file configs/accelerate_fsdp2.yaml) or DDP"
             )
+        if self.fsdp:
+            fsdp_config = self.fsdp_config if isinstance(self.fsdp_config, dict) else {}
+            version = fsdp_config.get("version", fsdp_config.get("fsdp_version", 2))
+            if str(version) != "2":
+                raise ValueError(
+                    f"fsdp_config version {version} is not supported: steerdeco trains with FSDP2 (fully_shard); "
+                    "set fsdp_config: {version: 2} or use configs/accelerate_fsdp2.yaml"
+                )
         if self.fp16:
             raise ValueError("fp16 mixed precision is not supported (its grad scaler state is pickled); use bf16")
         if self.packing or self.padding_free:

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,9 @@ from .checkpoint import (
     SCHEDULER_STATE,
     STEERING_CONFIG_NAME,
     TRAINER_STATE_NAME,
+    full_optimizer_state,
     has_state,
+    is_sharded,
     load_state,
     load_trained_into,
     rng_state,
@@ -331,7 +334,8 @@ class SteeringTrainer(SFTTrainer):
         callbacks, optimizers: as for ``SFTTrainer``.
 
     After ``__init__``: ``trainer.autodeco_model`` is the model being trained, ``trainer.backbone_cache``
-    the cache (or None), ``trainer.train_rows``/``eval_rows`` the control rows.
+    the cache (or None) and ``trainer.backbone_cache_seconds`` the time it took to load or build,
+    ``trainer.train_rows``/``eval_rows`` the control rows.
     """
 
     _tag_names = ["trl", "steerdeco"]
@@ -401,8 +405,9 @@ class SteeringTrainer(SFTTrainer):
             self.eval_rows = eval_dataset  # the final ordering report scores the same groups
         self.split_names = command_split_names(train_groups, eval_groups)
 
-        self.backbone_cache = None
+        self.backbone_cache, self.backbone_cache_seconds = None, 0.0
         if args.use_backbone_cache:
+            cache_started = time.perf_counter()
             cache_dir = args.cache_dir or os.path.join(args.output_dir, "backbone_cache")
             with args.main_process_first(desc="backbone cache"):
                 self.backbone_cache = load_or_build_cache(
@@ -414,7 +419,10 @@ class SteeringTrainer(SFTTrainer):
                     args.logit_bins,
                     args.cache_batch_size,
                     progress=args.process_index == 0 and not args.disable_tqdm,
+                    store_context=model.heads_config.context_features,
+                    hidden_dtype=args.cache_hidden_dtype,
                 )
+            self.backbone_cache_seconds = time.perf_counter() - cache_started
 
         if model.heads_config.context_features and not args.init_heads:
             self._fit_context_normalization(model, train_examples, processing_class.pad_token_id, args)
@@ -711,19 +719,30 @@ class SteeringTrainer(SFTTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Heads (+ LoRA adapter) as safetensors and the config as JSON, instead of the whole model and a
-        pickled ``training_args.bin``. Only the writing process saves."""
+        pickled ``training_args.bin``. Only the writing process saves; under FSDP from the full state dict
+        that ``save_model`` gathered from every process's shards."""
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        save_trained(self.autodeco_model, output_dir)
+        if state_dict is not None and self.is_fsdp_enabled:  # gathered from the shards by save_model
+            prefix = "autodeco."
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            save_trained(self.autodeco_model, output_dir, state_dict=state_dict)
+        else:
+            save_trained(self.autodeco_model, output_dir)
         atomic_write_text(Path(output_dir) / STEERING_CONFIG_NAME, self.args.to_json_string())
         logger.info("saved the trained heads%s to %s", " and adapter" if self.args.training_mode == "lora_joint" else "", output_dir)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        """Optimizer and scheduler state as safetensors + JSON (``optimizer.*``, ``scheduler.*``)."""
+        """Optimizer and scheduler state as safetensors + JSON (``optimizer.*``, ``scheduler.*``); under FSDP
+        the optimizer state is gathered to full tensors keyed by parameter name (every process takes part)."""
+        if self.is_fsdp_enabled and is_sharded(self.model):
+            optimizer_state = full_optimizer_state(self.model, getattr(self.optimizer, "optimizer", self.optimizer))
+        else:
+            optimizer_state = self.optimizer.state_dict() if self.args.should_save else None
         if self.args.should_save:
-            save_state(output_dir, OPTIMIZER_STATE, self.optimizer.state_dict())
+            save_state(output_dir, OPTIMIZER_STATE, optimizer_state)
             save_state(output_dir, SCHEDULER_STATE, self.lr_scheduler.state_dict())
 
     def _rng_file(self) -> str:
@@ -733,12 +752,21 @@ class SteeringTrainer(SFTTrainer):
         """RNG states as safetensors + JSON, one file per process."""
         save_state(output_dir, self._rng_file(), rng_state())
 
+    def _refuse_sharded_loading(self, what: str) -> None:
+        if self.is_fsdp_enabled:
+            raise ValueError(
+                f"{what} under FSDP is not supported yet (the checkpoint holds full, unsharded heads and adapter): "
+                "start a new run with init_heads=CHECKPOINT, or resume without FSDP"
+            )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Load the heads (+ adapter) written by ``_save``."""
+        self._refuse_sharded_loading("resume_from_checkpoint")
         load_trained_into(self.autodeco_model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         """Load the heads (+ adapter) of the best checkpoint."""
+        self._refuse_sharded_loading("load_best_model_at_end")
         load_trained_into(self.autodeco_model, self.state.best_model_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
