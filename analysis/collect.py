@@ -159,7 +159,6 @@ def _seeded_batches(model, tokenizer, rows: list[dict], seeds: list[int], batch_
         yield seed, start, batch
 
 
-@torch.no_grad()
 def cached_teacher_forced_parameters(
     model,
     tokenizer,
@@ -175,6 +174,8 @@ def cached_teacher_forced_parameters(
     (:func:`~steerdeco.training.cache.build_backbone_cache`, with the cache's compression and dtype), so a
     row gets the same heads inputs whichever way it comes.
     """
+    import torch
+
     from steerdeco.chat import encode_example
     from steerdeco.training.cache import build_backbone_cache, row_key
 
@@ -205,7 +206,8 @@ def cached_teacher_forced_parameters(
         context = torch.cat([p[1] for p in pieces]).to(device) if use_context else None
         values = torch.cat([p[2].values for p in pieces]).to(device)
         counts = torch.cat([p[2].counts for p in pieces]).to(device)
-        temperature, top_p = heads(hidden, values, counts, context=context)
+        with torch.no_grad():
+            temperature, top_p = heads(hidden, values, counts, context=context)
         lengths = [p[0].shape[0] for p in pieces]
         results += list(zip(temperature.float().cpu().split(lengths), top_p.float().cpu().split(lengths), strict=True))
     return results

@@ -251,6 +251,7 @@ def main(args: argparse.Namespace) -> int:
         prompt_only_temperature=args.prompt_only_temperature or None,
         n_boot=args.n_boot,
         seed=args.seed,
+        batch_size=32,
         progress=args.progress,
         backbone_cache=cache,
         max_response_tokens=config.max_response_tokens if cache is not None else None,
