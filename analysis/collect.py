@@ -25,9 +25,13 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 

@@ -162,6 +162,21 @@ def load_json_text(text: str, source: str, error: type[Exception] = ValueError, 
         raise error(f"{where}: duplicate key {key!r}; give every key once") from None
 
 
+def check_text_values(record: object, where: str, error: type[Exception] = ValueError) -> None:
+    """Refuse a parsed JSON/YAML value holding a lone surrogate (an escaped ``\\ud8xx`` without its pair): not text.
+
+    Raises:
+        error: naming ``where`` (file and line) and the fix.
+    """
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(
+            f"{where}: a string holds a lone surrogate (an escaped \\ud8xx-\\udfxx without its pair), which is not "
+            "text; fix or remove that character"
+        ) from None
+
+
 def read_yaml_file(path: str | os.PathLike, what: str = "--config", error: type[Exception] = ValueError) -> object:
     """A YAML (or JSON) file read strictly (see :func:`read_text_file` and :func:`load_yaml_text`)."""
     text = read_text_file(path, what, error)

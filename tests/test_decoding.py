@@ -73,14 +73,21 @@ def test_greedy_stays_greedy(tiny, chat_batch):
 
 
 @pytest.mark.parametrize(
-    ("context_features", "use_cache"), [(False, True), (True, True), (True, False)], ids=["autodeco", "context", "context-no-kv-cache"]
+    ("context_features", "use_cache", "steering"),
+    [(False, True, {}), (True, True, {}), (True, False, {}),
+     (True, True, {"steering_width": 8, "context_in_mlp": False})],
+    ids=["autodeco", "context", "context-no-kv-cache", "steering-path"],
 )
-def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch, context_features, use_cache):
+def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch, context_features, use_cache, steering):
     base, tokenizer = tiny
-    model = AutoDecoModel(base, HeadsConfig(hidden_size=base.config.hidden_size, context_features=context_features))
+    config = HeadsConfig(hidden_size=base.config.hidden_size, context_features=context_features, **steering)
+    model = AutoDecoModel(base, config)
     with torch.no_grad():
         for p in model.heads.parameters():
             p.add_(torch.randn_like(p) * 0.3)
+        if context_features:  # a fitted standardisation, as trained heads have
+            model.heads.context_shift.normal_(0, 0.1)
+            model.heads.context_scale.uniform_(0.5, 2.0)
     torch.manual_seed(0)
     trace = model.generate_with_trace(**chat_batch, do_sample=True, max_new_tokens=20, use_cache=use_cache)
     batch, prompt_length = chat_batch["input_ids"].shape

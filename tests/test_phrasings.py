@@ -8,8 +8,8 @@ import yaml
 from steerdeco.control import ControlDataError
 from steerdeco.control.build import BuildConfig, load_library
 from steerdeco.control.phrasings import FORMS, format_value, load_grammar, parse_grammar
-from steerdeco.control.variants import assign_splits, plan_rows
 from steerdeco.control.prompts import load_builtin_prompts
+from steerdeco.control.variants import assign_splits, plan_rows
 
 SMALL = {
     "version": 1,

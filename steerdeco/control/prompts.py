@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import unique_keys
+from ..io import check_text_values, unique_keys
 from .errors import ControlDataError
 
 logger = logging.getLogger(__name__)
@@ -99,13 +99,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                     raise ControlDataError(f"{path}:{number}: duplicate key {error.args[0]!r}; give every key once") from None
                 if not isinstance(record, dict):
                     raise ControlDataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-                try:
-                    json.dumps(record, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ControlDataError(
-                        f"{path}:{number}: a string holds a lone surrogate (an escaped \\ud8xx-\\udfxx without its "
-                        "pair), which is not text; fix or remove that character"
-                    ) from None
+                check_text_values(record, f"{path}:{number}", ControlDataError)
                 yield number, record
         except UnicodeDecodeError as error:
             raise ControlDataError(f"{path}: not UTF-8 text ({error}); save it as UTF-8") from error

@@ -13,7 +13,6 @@ length, because all variants of a group have identical response token ids
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..chat import encode_example
-from ..io import load_json_text, read_text_file
+from ..io import check_text_values, load_json_text, read_text_file
 from ..ranking import VARIANTS, signed_level
 
 logger = logging.getLogger(__name__)
@@ -66,13 +65,7 @@ def _read_jsonl(path: Path):
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             record = load_json_text(line, f"control data {path}", line=number)
-            try:
-                json.dumps(record, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"control data {path}:{number}: a string holds a lone surrogate (an escaped \\ud8xx without its "
-                    "pair); fix or remove that character"
-                ) from None
+            check_text_values(record, f"control data {path}:{number}")
             records.append(record)
     if not records:
         raise ValueError(f"control data {path} holds no rows")
