@@ -567,8 +567,10 @@ def score_rows(
                 scores[protocol] = free_running_scores(model, tokenizer, subset, seeds=normalise_seeds(list(seeds)),
                                                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
                 if prompt_only_temperature is not None:
+                    # the base model reads every wording alike: the train wordings' rows make the baseline
+                    baseline_rows = [r for r in subset if r.get("command_split") != "heldout"]
                     scores["prompt_only"] = prompt_only_scores(
-                        model, tokenizer, subset, seeds=normalise_seeds(list(seeds)), temperature=prompt_only_temperature,
+                        model, tokenizer, baseline_rows, seeds=normalise_seeds(list(seeds)), temperature=prompt_only_temperature,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
             finally:
                 tokenizer.padding_side = padding_side

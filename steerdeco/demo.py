@@ -64,7 +64,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-prompts", type=int, default=None, help="use a seeded subset of the project's prompts (default: all 330)"
     )
     parser.add_argument(
-        "--response-tokens", type=int, default=32, help="length limit of the generated shared responses (default 32)"
+        "--response-tokens", type=int, default=24, help="length limit of the generated shared responses and of the free-running text (default 24; configs/demo.yaml's max_response_tokens must match)"
     )
     parser.add_argument(
         "--free-running-groups",
@@ -251,7 +251,7 @@ def main(args: argparse.Namespace) -> int:
         prompt_only_temperature=args.prompt_only_temperature or None,
         n_boot=args.n_boot,
         seed=args.seed,
-        batch_size=32,
+        batch_size=48,
         progress=args.progress,
         backbone_cache=cache,
         max_response_tokens=config.max_response_tokens if cache is not None else None,
