@@ -239,5 +239,5 @@ def load_grammar(path: str | Path | None = None) -> PhrasingGrammar:
     """
     path = default_grammar_path() if path is None else Path(path)
     grammar = parse_grammar(read_command_file(path, "--phrasings"), source=str(path))
-    logger.debug("loaded the phrasing grammar %s (%d unnamed wordings)", path, len(grammar.commands()))
+    logger.debug("loaded the phrasing grammar %s", path)
     return grammar

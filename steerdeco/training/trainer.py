@@ -472,7 +472,7 @@ class SteeringTrainer(SFTTrainer):
             was_training = model.base_model.training
             model.base_model.eval()
             try:
-                contexts = build_backbone_cache(
+                contexts = build_backbone_cache(  # only its context is used; exact logits (top_k 0) are not cacheable
                     model.base_model, train_examples[: self.NORMALIZATION_ROWS], pad_token_id, args.logit_top_k or 5,
                     args.logit_bins, args.cache_batch_size, progress=False,
                 ).context
@@ -562,10 +562,9 @@ class SteeringTrainer(SFTTrainer):
             targets = inputs["target_temperature"].clamp_min(args.absolute_temperature_floor).log()
             terms["absolute_temperature_loss"] = absolute_target_loss(log_t, mask, targets, reduction=args.ranking_reduction)
         if "absolute_top_p_loss" in weights:
-            targets = inputs.get("target_top_p")
-            if targets is None:
-                targets = torch.full_like(inputs["target_temperature"], float("nan"))
-            terms["absolute_top_p_loss"] = absolute_target_loss(top_p, mask, targets, reduction=args.ranking_reduction)
+            terms["absolute_top_p_loss"] = absolute_target_loss(
+                top_p, mask, inputs["target_top_p"], reduction=args.ranking_reduction
+            )
         if "lm_loss" in weights:
             terms["lm_loss"] = outputs.lm_loss
         return terms
