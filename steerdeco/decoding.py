@@ -30,7 +30,7 @@ import torch
 from transformers import LogitsProcessor, TopKLogitsWarper
 
 from .heads import MIN_TEMPERATURE, running_context
-from .hooks import on_decoder_output, on_lm_head
+from .hooks import contiguous_lm_head_input, on_decoder_output, on_lm_head
 
 
 def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
@@ -170,6 +170,7 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
     with contextlib.ExitStack() as stack:
         if use_context:
             stack.enter_context(on_decoder_output(heads_model.base_model, track_context))
+        stack.enter_context(contiguous_lm_head_input(heads_model.base_model))
         stack.enter_context(on_lm_head(heads_model.base_model, callback))
         yield record
 

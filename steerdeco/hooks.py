@@ -36,6 +36,25 @@ def on_lm_head(model: nn.Module, callback: Callable[[torch.Tensor, torch.Tensor]
         handle.remove()
 
 
+@contextlib.contextmanager
+def contiguous_lm_head_input(model: nn.Module) -> Iterator[None]:
+    """Hand the lm_head a contiguous input (generation gives it the slice ``hidden[:, -1:]``).
+
+    torch's matmul multiplies a non-contiguous ``[B, 1, H]`` slice with a weight that does not require
+    grad (a frozen backbone) as a batched product that first copies the whole ``[V, H]`` matrix once per
+    row; a contiguous input is folded into one ``[B, H] x [H, V]`` product instead.
+    """
+
+    def hook(_module, args):
+        return (args[0].contiguous(), *args[1:]) if args and not args[0].is_contiguous() else None
+
+    handle = output_embeddings(model).register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def decoder(model: nn.Module) -> nn.Module:
     """The base model's decoder stack (``get_decoder()``), whose output is the last hidden state of every position."""
     return _submodule(

@@ -192,3 +192,23 @@ def test_models_without_an_lm_head_or_decoder_are_refused_by_name():
         output_embeddings(plain)
     with pytest.raises(ValueError, match=r"Linear.get_decoder\(\) returned no module; heads with context_features"):
         decoder(plain)
+
+
+def test_lm_head_gets_a_contiguous_input_inside_the_block_and_the_hook_is_removed(tiny):
+    from steerdeco.hooks import contiguous_lm_head_input, output_embeddings
+
+    base, _ = tiny
+    head = output_embeddings(base)
+    seen = []
+    probe = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))  # inputs as used
+    sliced = torch.randn(3, 5, base.config.hidden_size)[:, -1:]
+    assert not sliced.is_contiguous()
+    try:
+        expected = head(sliced)
+        with contiguous_lm_head_input(base):
+            got = head(sliced)
+        head(sliced)
+    finally:
+        probe.remove()
+    torch.testing.assert_close(got, expected)
+    assert seen == [False, True, False]  # contiguous inside the block only

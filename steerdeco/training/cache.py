@@ -38,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..heads import running_context
-from ..hooks import on_decoder_output, on_lm_head
+from ..hooks import decoder, on_decoder_output, on_lm_head, output_embeddings
 from ..io import atomic_write_with
 from ..losses import LogitSlots, compress_logits, exact_slots
 
@@ -63,9 +63,12 @@ def backbone_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor, LogitSlots, torch.Tensor]:
     """Run the base model and read it at the response positions.
 
-    The base model computes logits only from the batch's first response position on (when its
-    forward takes ``logits_to_keep``, as transformers' causal LMs do): the prompt positions need the
-    last hidden state (for the running context) but no logits.
+    For transformers' causal LMs (a forward that takes ``logits_to_keep``) only the decoder runs, and
+    the logits of the response positions are computed here as one ``[K, H] x [H, V]`` product of their
+    gathered hidden states with the lm_head: the prompt positions need the last hidden state (for the
+    running context) but no logits, and an lm_head applied to ``[B, L, H]`` with frozen weights makes
+    torch use a batched product that copies the whole output-embedding matrix (several times slower
+    on CPU). Other models run whole and their logits are read at the response positions.
 
     Args:
         input_ids, attention_mask: ``[R, L]`` right-padded rows.
@@ -82,21 +85,22 @@ def backbone_outputs(
     hiddens: list[torch.Tensor] = []
     logits_out: list[torch.Tensor] = []
     length = input_ids.shape[1]
-    kwargs = {}
-    if response_mask.any() and accepts_logits_to_keep(base_model):
-        # logits of the last positions only, from the first response position of the batch on
-        kwargs["logits_to_keep"] = length - int(response_positions[response_mask].min())
+    gathered_logits = accepts_logits_to_keep(base_model)
     with (
         on_decoder_output(base_model, lambda hidden, _mask: hiddens.append(hidden)),
         on_lm_head(base_model, lambda _hidden, logits: logits_out.append(logits)),
     ):
-        base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-    hidden, logits = hiddens[-1], logits_out[-1]
+        run = decoder(base_model) if gathered_logits else base_model
+        run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = hiddens[-1]
     context, _ = running_context(hidden, attention_mask)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(response_positions)
     rows, positions = rows[response_mask], response_positions[response_mask]
     hidden, context = hidden[rows, positions], context[rows, positions]
-    logits = logits[rows, positions - (length - logits.shape[1])]
+    if gathered_logits:
+        logits = output_embeddings(base_model)(hidden)
+    else:
+        logits = logits_out[-1][rows, positions - (length - logits_out[-1].shape[1])]
     targets = response_targets[response_mask]
     detached = logits.detach()
     slots = exact_slots(detached, targets) if top_k == 0 else compress_logits(detached, targets, top_k, num_bins)
