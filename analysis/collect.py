@@ -286,6 +286,7 @@ def prompt_only_scores(
     import torch
 
     from steerdeco.decoding import generated_mask
+    from steerdeco.hooks import contiguous_lm_head_input
 
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"the prompt-only baseline needs a positive temperature, got {temperature!r}")
@@ -294,7 +295,7 @@ def prompt_only_scores(
     base, plain = _plain_base(model)
     eos = base.generation_config.eos_token_id
     records = []
-    with plain, torch.no_grad():
+    with plain, torch.no_grad(), contiguous_lm_head_input(base):  # a frozen lm_head is slow on a slice
         for seed, start, batch in _seeded_batches(model, tokenizer, rows, list(seeds), batch_size, progress,
                                                   "prompt-only generation"):
             sequences = base.generate(**batch, do_sample=True, temperature=float(temperature), top_p=1.0,
