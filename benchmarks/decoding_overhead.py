@@ -21,6 +21,7 @@ import torch
 
 from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.embedded import load_embedded_model
+from steerdeco.hooks import contiguous_lm_head_input
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -60,8 +61,9 @@ def measure(model, base, tokenizer, batch_size: int, new_tokens: int, repeats: i
     def dynamic():
         return model.generate(**common)
 
-    def static():
-        return base.generate(**common, temperature=temperature, top_p=top_p)
+    def static():  # the lm_head gets the same contiguous input as in dynamic decoding: only the heads differ
+        with contiguous_lm_head_input(base):
+            return base.generate(**common, temperature=temperature, top_p=top_p)
 
     def timed(fn) -> float:
         torch.manual_seed(0)
