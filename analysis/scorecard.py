@@ -161,20 +161,20 @@ def _named(name: str, cell: str, minimum: float) -> Callable[[Mapping, str], Cel
     return measure_fn
 
 
-def _named_zero(measures: Mapping, split: str) -> Cell | None:
-    entry = _param(measures, split, "no_randomness")
-    if not entry or not entry.get("n_rows"):
+def _share_of_count(entry: Mapping | None, count_key: str) -> Cell | None:
+    """A share with target >= 90%, shown with the count it is out of; None when nothing was counted."""
+    if not entry or not entry.get(count_key):
         return None
     out = _share(entry["share"], 0.9)
-    return None if out is None else Cell(out.value, out.ok, f"{out.text} of {entry['n_rows']}")
+    return None if out is None else Cell(out.value, out.ok, f"{out.text} of {entry[count_key]}")
+
+
+def _named_zero(measures: Mapping, split: str) -> Cell | None:
+    return _share_of_count(_param(measures, split, "no_randomness"), "n_rows")
 
 
 def _zero_identical(measures: Mapping, split: str) -> Cell | None:
-    entry = _text(measures, split, "no_randomness_identical")
-    if not entry or not entry.get("n_prompts"):
-        return None
-    out = _share(entry["share"], 0.9)
-    return None if out is None else Cell(out.value, out.ok, f"{out.text} of {entry['n_prompts']}")
+    return _share_of_count(_text(measures, split, "no_randomness_identical"), "n_prompts")
 
 
 TARGETS: tuple[Target, ...] = (

@@ -23,6 +23,7 @@ settings; :func:`load_or_build_cache` rebuilds a cache whose fingerprint does no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -86,12 +87,13 @@ def backbone_outputs(
     logits_out: list[torch.Tensor] = []
     length = input_ids.shape[1]
     gathered_logits = accepts_logits_to_keep(base_model)
-    with (
-        on_decoder_output(base_model, lambda hidden, _mask: hiddens.append(hidden)),
-        on_lm_head(base_model, lambda _hidden, logits: logits_out.append(logits)),
-    ):
-        run = decoder(base_model) if gathered_logits else base_model
-        run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    with contextlib.ExitStack() as hooks:
+        hooks.enter_context(on_decoder_output(base_model, lambda hidden, _mask: hiddens.append(hidden)))
+        if gathered_logits:  # the decoder alone; the lm_head runs below on the response positions
+            decoder(base_model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        else:
+            hooks.enter_context(on_lm_head(base_model, lambda _hidden, logits: logits_out.append(logits)))
+            base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     hidden = hiddens[-1]
     context, _ = running_context(hidden, attention_mask)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(response_positions)
