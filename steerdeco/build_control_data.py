@@ -62,6 +62,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     group.add_argument("--seed", type=int, metavar="N", help=f"seed for the split, the commands and the placements (default: {defaults.seed})")
     group.add_argument("--eval-fraction", type=float, metavar="F",
                        help=f"fraction of prompts held out as eval, stratified by category (default: {defaults.eval_fraction})")
+    group.add_argument("--eval-sources", nargs="+", metavar="SOURCE",
+                       help="only prompts of these --prompts sources can be held out as eval; the others all train (default: all)")
     group.add_argument("--placement", choices=PLACEMENT_MODES,
                        help=f"where commands go: before/after the prompt, into a system message, or sampled per row (default: {defaults.placement})")
     group.add_argument("--commands-per-level", type=int, metavar="N",
@@ -71,6 +73,10 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     group.add_argument("--named-per-group", type=int, metavar="N",
                        help="commands naming a temperature or top-p value (alternately) per group, per phrasing split on "
                        f"eval prompts, written by the phrasing grammar (default: {defaults.named_per_group})")
+
+    group.add_argument("--train-commands", type=int, metavar="N",
+                       help="on train prompts keep a seeded sample of N of the group's commands (besides the no-command row), "
+                       "so more prompts fit in the same rows (default: all)")
 
     group = parser.add_argument_group("responses")
     group.add_argument("--responses", choices=RESPONSE_MODES,

@@ -12,7 +12,9 @@ Convention for the user's own ``temperature`` and ``top_p`` (as in AutoDeco's vL
     T_used = temperature * T_predicted         (clamped below at MIN_TEMPERATURE)
     P_used = min(1, top_p * P_predicted)
 
-Both default to 1.0, so without them the heads decide alone. The base model's own default
+Both default to 1.0, so without them the heads decide alone. A token whose used T is below
+``greedy_below`` (default :data:`GREEDY_BELOW_TEMPERATURE`) is decoded greedily: only its argmax stays,
+so "no randomness" gives the same text under every seed (``greedy_below=0`` turns this off). The base model's own default
 ``generation_config.temperature`` / ``top_p`` are not applied on top (the heads replace them);
 ``top_k`` (the user's, else the model's, else transformers' default of 50) is applied between the
 two, in transformers' order (temperature, top-k, top-p); repetition penalties and other processors
@@ -31,6 +33,8 @@ from transformers import LogitsProcessor, TopKLogitsWarper
 
 from .heads import MIN_TEMPERATURE, running_context
 from .hooks import contiguous_lm_head_input, on_decoder_output, on_lm_head
+
+GREEDY_BELOW_TEMPERATURE = 0.1  # a used T below this decodes the token greedily
 
 
 def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
@@ -92,6 +96,7 @@ class DynamicTemperatureTopP(LogitsProcessor):
         top_p_scale: the user's ``top_p``; multiplies the predicted P (capped at 1).
         top_k: keep only the ``top_k`` best tokens after rescaling (0 or None: no limit).
         min_tokens_to_keep: as in ``TopPLogitsWarper``.
+        greedy_below: rows whose used T is below this keep only their best token (0: never).
     """
 
     def __init__(
@@ -101,7 +106,10 @@ class DynamicTemperatureTopP(LogitsProcessor):
         top_p_scale: float = 1.0,
         top_k: int | None = None,
         min_tokens_to_keep: int = 1,
+        greedy_below: float = GREEDY_BELOW_TEMPERATURE,
     ):
+        if isinstance(greedy_below, bool) or not isinstance(greedy_below, int | float) or not math.isfinite(greedy_below) or greedy_below < 0:
+            raise ValueError(f"`greedy_below` is a temperature (a number >= 0; 0: never greedy), got {greedy_below!r}")
         for name, value in (("temperature", temperature_scale), ("top_p", top_p_scale)):
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"`{name}` multiplies the predicted value and must be a finite number > 0, got {value!r}")
@@ -114,6 +122,7 @@ class DynamicTemperatureTopP(LogitsProcessor):
         self.temperature_scale = float(temperature_scale)
         self.top_p_scale = float(top_p_scale)
         self.min_tokens_to_keep = min_tokens_to_keep
+        self.greedy_below = float(greedy_below)
 
     def effective(self, temperature: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The T and P actually used, from the predicted ones."""
@@ -128,8 +137,15 @@ class DynamicTemperatureTopP(LogitsProcessor):
         temperature, top_p = self.effective(temperature, top_p)
         scaled = scores / temperature.to(scores.dtype).unsqueeze(-1)
         if self.top_k is not None:
-            return top_k_top_p_filter(scaled, self.top_k, top_p, self.min_tokens_to_keep)
-        return top_p_filter(scaled, top_p, self.min_tokens_to_keep)
+            filtered = top_k_top_p_filter(scaled, self.top_k, top_p, self.min_tokens_to_keep)
+        else:
+            filtered = top_p_filter(scaled, top_p, self.min_tokens_to_keep)
+        greedy = temperature < self.greedy_below
+        if bool(greedy.any()):
+            best = scores.argmax(-1, keepdim=True)
+            only_best = torch.full_like(filtered, -math.inf).scatter_(-1, best, scores.gather(-1, best))
+            filtered = torch.where(greedy.unsqueeze(-1), only_best, filtered)
+        return filtered
 
 
 @contextlib.contextmanager

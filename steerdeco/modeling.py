@@ -22,7 +22,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME, HeadsConfig
-from .decoding import DecodingTrace, DynamicTemperatureTopP, dynamic_decoding, generated_mask
+from .decoding import (
+    GREEDY_BELOW_TEMPERATURE,
+    DecodingTrace,
+    DynamicTemperatureTopP,
+    dynamic_decoding,
+    generated_mask,
+)
 from .heads import AutoDecoHeads, running_context
 from .hooks import on_lm_head
 from .io import atomic_write_text, atomic_write_with
@@ -269,6 +275,7 @@ class AutoDecoModel(nn.Module):
             "temperature_scale": resolve("temperature", 1.0),
             "top_p_scale": resolve("top_p", 1.0),
             "top_k": resolve("top_k", 50),
+            "greedy_below": kwargs.pop("greedy_below", GREEDY_BELOW_TEMPERATURE),
         }
         if generation_config is not None:
             generation_config = generation_config.__class__.from_dict(generation_config.to_dict())
@@ -287,8 +294,9 @@ class AutoDecoModel(nn.Module):
         Takes the arguments of ``transformers``' ``generate`` (``input_ids``, ``attention_mask``,
         ``do_sample``, ``max_new_tokens``, ``temperature``, ``top_p``, ...). With ``do_sample=True``
         each token is sampled with its own predicted T and P (times the user's ``temperature`` and
-        ``top_p``, see :mod:`steerdeco.decoding`); greedy decoding stays greedy (the trace still
-        records what the heads predicted).
+        ``top_p``, see :mod:`steerdeco.decoding`); a token whose used T is below ``greedy_below``
+        (default :data:`~steerdeco.decoding.GREEDY_BELOW_TEMPERATURE`, 0: never) is decoded greedily;
+        greedy decoding stays greedy (the trace still records what the heads predicted).
         """
         if kwargs.get("return_dict_in_generate"):
             raise ValueError("generate_with_trace returns a DecodingTrace; do not pass return_dict_in_generate")

@@ -495,9 +495,35 @@ def test_counts_are_configurable_and_max_prompts_subsets(tmp_path):
     assert set(by_group(again.rows)) == set(groups)
 
 
+def test_eval_sources_hold_out_only_their_prompts_and_train_commands_samples_train_groups(tmp_path):
+    prompts = str(small_prompts(tmp_path / "p.jsonl", 12))
+    full = build(tmp_path, "full", prompts=["builtin", prompts], eval_sources=["builtin"])
+    result = build(tmp_path, "out", prompts=["builtin", prompts], eval_sources=["builtin"], train_commands=2)
+    groups = by_group(result.rows)
+    mine = [m for m in groups.values() if m[0]["source"] == "p.jsonl"]
+    assert len(mine) == 12 and all(m[0]["split"] == "train" for m in mine)
+    evals = [g for g, m in groups.items() if m[0]["split"] == "eval"]
+    assert evals and all(groups[g][0]["source"] == "builtin" for g in evals)
+    full_groups = by_group(full.rows)
+    for group, members in groups.items():
+        if members[0]["split"] == "eval":
+            assert members == full_groups[group]  # eval groups keep every command
+        else:
+            assert [r["variant"] for r in members].count("none") == 1 and len(members) == 3
+            full_ids = {r["command_id"] for r in full_groups[group]}
+            assert {r["command_id"] for r in members} <= full_ids  # a sample of the full group
+    levels = Counter((r["variant"], r["level"]) for r in result.rows if r["split"] == "train" and r["variant"] != "none")
+    assert {("low", 3), ("high", 3), ("placebo", 0)} <= set(levels)  # the sample covers the levels
+    again = build(tmp_path, "again", prompts=["builtin", prompts], eval_sources=["builtin"], train_commands=2)
+    assert again.rows == result.rows  # seeded
+    with pytest.raises(ValueError, match="--eval-sources must name sources given to --prompts"):
+        BuildConfig(prompts=["builtin"], eval_sources=["gsm8k"])
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
+        ({"train_commands": 0}, r"--train-commands must be an integer >= 1"),
         ({"eval_fraction": 1.0}, r"--eval-fraction must be a number in \[0, 1\)"),
         ({"commands_per_level": 0}, r"--commands-per-level must be an integer >= 1"),
         ({"responses": "maybe"}, r"--responses must be one of given, generate, none"),

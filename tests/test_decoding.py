@@ -63,6 +63,33 @@ def test_dynamic_decoding_uses_different_parameters_per_row():
     torch.testing.assert_close(out[0][kept0], scores[0][kept0] / 0.5)
 
 
+def test_rows_below_the_greedy_temperature_keep_only_their_best_token():
+    record = _StepRecord()
+    record.temperature.append(torch.tensor([0.05, 1.0]))
+    record.top_p.append(torch.tensor([1.0, 1.0]))
+    scores = torch.randn(2, 50)
+    out = DynamicTemperatureTopP(record, top_k=0, greedy_below=0.1)(None, scores)
+    assert torch.isfinite(out[0]).sum() == 1 and int(out[0].argmax()) == int(scores[0].argmax())
+    torch.testing.assert_close(out[1], scores[1])
+    off = DynamicTemperatureTopP(record, top_k=0, greedy_below=0.0)(None, scores)
+    assert torch.isfinite(off[0]).all()
+
+
+def test_a_near_zero_predicted_temperature_gives_greedy_text_under_every_seed(tiny, chat_batch):
+    base, _ = tiny
+    model = AutoDecoModel(base)
+    t, p = constant_heads(model, 0.08, 0.95)
+    greedy = base.generate(**chat_batch, do_sample=False, max_new_tokens=30)
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        assert torch.equal(model.generate(**chat_batch, do_sample=True, max_new_tokens=30), greedy)
+    torch.manual_seed(0)
+    sampled = model.generate(**chat_batch, do_sample=True, max_new_tokens=30, greedy_below=0.0)
+    torch.manual_seed(0)
+    static = base.generate(**chat_batch, do_sample=True, max_new_tokens=30, temperature=t, top_p=p)
+    assert torch.equal(sampled, static)  # greedy_below=0: plain sampling at the predicted T
+
+
 def test_greedy_stays_greedy(tiny, chat_batch):
     base, _ = tiny
     model = AutoDecoModel(base)
@@ -139,6 +166,8 @@ def test_bad_decoding_arguments_are_refused(tiny, chat_batch):
         DynamicTemperatureTopP(_StepRecord(), top_p_scale=float("nan"))
     with pytest.raises(ValueError, match="min_tokens_to_keep"):
         DynamicTemperatureTopP(_StepRecord(), min_tokens_to_keep=0)
+    with pytest.raises(ValueError, match="`greedy_below` is a temperature"):
+        DynamicTemperatureTopP(_StepRecord(), greedy_below=-0.1)
     with pytest.raises(ValueError, match="beam search"):
         model.generate(**chat_batch, num_beams=2, max_new_tokens=3)
     with pytest.raises(RuntimeError, match="before any forward pass"):

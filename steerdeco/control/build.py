@@ -18,7 +18,7 @@ from .errors import ControlDataError
 from .insertion import PLACEMENT_MODES
 from .output import check_output_dir, log_summary, summarize, write_output
 from .phrasings import PhrasingGrammar, load_grammar
-from .prompts import Prompt, load_prompts
+from .prompts import SPECIAL_SOURCES, Prompt, load_prompts
 from .responses import CACHE_FILE, RESPONSE_MODES, generate_responses, load_model
 from .variants import assign_splits, plan_rows, select_prompts
 
@@ -45,6 +45,8 @@ class BuildConfig:
     placement: str = "sample"
     max_prompts: int | None = None
     eval_fraction: float = 0.2
+    eval_sources: list[str] | None = None
+    train_commands: int | None = None
     commands_per_level: int = 1
     placebos: int = 1
     phrasings: str | None = None
@@ -70,8 +72,17 @@ class BuildConfig:
                 raise ControlDataError(f"{option_name(name)} must be a non-empty string, got {getattr(self, name)!r}")
         for name, minimum in (("seed", 0), ("commands_per_level", 1), ("placebos", 0), ("named_per_group", 0), ("max_new_tokens", 1), ("batch_size", 1)):
             self._check_int(name, minimum)
-        if self.max_prompts is not None:
-            self._check_int("max_prompts", 1)
+        for name in ("max_prompts", "train_commands"):
+            if getattr(self, name) is not None:
+                self._check_int(name, 1)
+        if isinstance(self.eval_sources, str):
+            self.eval_sources = [self.eval_sources]
+        if self.eval_sources is not None:
+            unknown = [s for s in self.eval_sources if s not in self.prompts]
+            if not self.eval_sources or unknown:
+                raise ControlDataError(
+                    f"--eval-sources must name sources given to --prompts ({', '.join(self.prompts)}), got {self.eval_sources!r}"
+                )
         for name in ("overwrite", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ControlDataError(f"{option_name(name)} must be true or false, got {getattr(self, name)!r}")
@@ -213,7 +224,8 @@ def build_control_data(
         if not prompts:
             raise ControlDataError("every generated response was empty; check --model and --max-new-tokens")
 
-    splits = assign_splits(prompts, config.eval_fraction, config.seed)
+    eval_sources = None if config.eval_sources is None else [s if s in SPECIAL_SOURCES else Path(s).name for s in config.eval_sources]
+    splits = assign_splits(prompts, config.eval_fraction, config.seed, eval_sources)
     rows = plan_rows(
         prompts,
         splits,
@@ -225,6 +237,7 @@ def build_control_data(
         responses=responses,
         grammar=grammar,
         named_per_group=config.named_per_group,
+        train_commands=config.train_commands,
     )
     summary = summarize(rows, dropped=dropped, settings=config.recorded())
     out = write_output(rows, summary, config.out, overwrite=config.overwrite)

@@ -4,7 +4,8 @@ Every prompt is one *group*: one ``none`` row (no command), then for each graded
 (``low``, ``high``) and each of its levels ``commands_per_level`` commands, then ``placebos``
 placebo commands, then ``named_per_group`` commands that name a value (variant ``named``: a
 temperature, then a top-p, alternately; values from the phrasing grammar's ``train_values`` on train
-prompts and ``eval_values`` on eval prompts). Train prompts draw only ``train`` phrasings; eval
+prompts and ``eval_values`` on eval prompts). Train prompts draw only ``train`` phrasings (and, with ``train_commands``, keep a seeded sample of
+that set, so that more prompts fit in the same rows); eval
 prompts draw that whole set once from the ``train`` phrasings and once from the ``heldout`` ones.
 All rows of a group share the prompt's response.
 
@@ -68,25 +69,31 @@ def select_prompts(prompts: Sequence[Prompt], max_prompts: int | None, seed: int
     return [prompts[i] for i in keep]
 
 
-def assign_splits(prompts: Sequence[Prompt], eval_fraction: float, seed: int) -> dict[str, str]:
+def assign_splits(
+    prompts: Sequence[Prompt], eval_fraction: float, seed: int, eval_sources: Sequence[str] | None = None
+) -> dict[str, str]:
     """``{prompt id: "train" | "eval"}``: ``round(eval_fraction * n)`` eval prompts, stratified by category.
 
     Each category gets its proportional share of eval prompts (largest remainders break ties, in
-    category order), chosen by a seeded shuffle within the category.
+    category order), chosen by a seeded shuffle within the category. With ``eval_sources``, only
+    prompts of those sources can be eval prompts (``n`` counts them alone); the others all train.
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise ControlDataError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
     by_category: dict[str, list[str]] = defaultdict(list)
+    splits = {}
     for prompt in prompts:
+        if eval_sources is not None and prompt.source not in eval_sources:
+            splits[prompt.id] = "train"
+            continue
         by_category[prompt.category].append(prompt.id)
     categories = sorted(by_category)
-    total = round(eval_fraction * len(prompts))
+    total = round(eval_fraction * sum(map(len, by_category.values())))
     quotas = {c: eval_fraction * len(by_category[c]) for c in categories}
     counts = {c: int(quotas[c]) for c in categories}
     remainders = sorted(categories, key=lambda c: (-(quotas[c] - counts[c]), c))
     for category in remainders[: total - sum(counts.values())]:
         counts[category] += 1
-    splits = {}
     for category in categories:
         ids = list(by_category[category])
         random.Random(derive_seed(seed, "split", category)).shuffle(ids)
@@ -151,6 +158,7 @@ def plan_rows(
     responses: Mapping[str, str | None] | None = None,
     grammar: PhrasingGrammar | None = None,
     named_per_group: int = 0,
+    train_commands: int | None = None,
 ) -> list[dict]:
     """Rows (dicts with :data:`COLUMNS`) for every prompt, grouped, in prompt order.
 
@@ -166,6 +174,9 @@ def plan_rows(
         responses: ``{prompt id: response}``; missing ids get ``None``.
         grammar: writes the ``named`` commands (needed when ``named_per_group > 0``).
         named_per_group: commands naming a value per group (per phrasing split on eval prompts).
+        train_commands: on train prompts, keep a seeded sample of this many of the group's commands
+            (all levels, placebos and named values are drawn as usual, then sampled), so that more
+            prompts fit in the same number of rows; None keeps them all. Eval prompts keep them all.
     """
     if commands_per_level < 1:
         raise ControlDataError(f"--commands-per-level must be at least 1, got {commands_per_level}")
@@ -173,6 +184,8 @@ def plan_rows(
         raise ControlDataError(f"--placebos must be at least 0, got {placebos}")
     if named_per_group < 0:
         raise ControlDataError(f"--named-per-group must be at least 0, got {named_per_group}")
+    if train_commands is not None and train_commands < 1:
+        raise ControlDataError(f"--train-commands must be at least 1, got {train_commands}")
     if named_per_group and (grammar is None or not all(q in grammar.named for q in NAMED_QUANTITIES)):
         raise ControlDataError("--named-per-group needs a phrasing grammar with named temperature and top_p frames (--phrasings)")
     choose_placement(placement, random.Random(0))  # validates the mode
@@ -207,6 +220,9 @@ def plan_rows(
                 named_rng = random.Random(derive_seed(seed, "named", prompt.id, command_split, number))
                 value = named_rng.choice(grammar.values(quantity, split))
                 chosen.append(grammar.named_command(quantity, value, command_split, named_rng))
+            if split == "train" and train_commands is not None and train_commands < len(chosen):
+                keep = sorted(random.Random(derive_seed(seed, "train_commands", prompt.id)).sample(range(len(chosen)), train_commands))
+                chosen = [chosen[i] for i in keep]
             for command in chosen:
                 rows.append(_row(prompt, split, response, command, choose_placement(placement, rng)))
     return rows
