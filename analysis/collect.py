@@ -184,18 +184,20 @@ def cached_teacher_forced_parameters(
     from steerdeco.training.cache import build_backbone_cache, row_key
 
     heads = model.heads
-    use_context = bool(model.heads_config.context_features)
+    use_context = bool(heads.standardize_context)
+    pooling = heads.prompt_pool is not None
+    prompt_layer = model.heads_config.context_layer if pooling else None
     examples = [encode_example(tokenizer, r["messages"], r["response"], max_response_tokens) for r in rows]
     found = cache.lookup([row_key(e) for e in examples])
-    if use_context and cache.context is None:
-        found = [None] * len(rows)  # this cache has no running context: every row runs through the backbone
+    if (use_context and cache.context is None) or (pooling and cache.prompt_states is None):
+        found = [None] * len(rows)  # this cache lacks the heads' context: every row runs through the backbone
     missing = [i for i, row in enumerate(found) if row is None]
     sources = [(cache, row) for row in found]
     if missing:
         dtype = str(cache.hidden.dtype).removeprefix("torch.")
         live = build_backbone_cache(
             model.base_model, [examples[i] for i in missing], tokenizer.pad_token_id, cache.top_k, cache.num_bins,
-            batch_size, progress, store_context=use_context, hidden_dtype=dtype,
+            batch_size, progress, store_context=use_context, hidden_dtype=dtype, prompt_layer=prompt_layer,
         )  # fmt: skip
         for j, i in enumerate(missing):
             sources[i] = (live, j)
@@ -208,6 +210,11 @@ def cached_teacher_forced_parameters(
         pieces = [source.rows([row]) for source, row in chunk]
         hidden = torch.cat([p[0] for p in pieces]).to(device)
         context = torch.cat([p[1] for p in pieces]).to(device) if use_context else None
+        if pooling:  # each row's pooled prompt, repeated along its response
+            prompts = [source.prompts([row]) for source, row in chunk]
+            with torch.no_grad():
+                pooled = torch.cat([heads.pool_prompt(st.to(device), m.to(device)) for st, m in prompts])
+            context = pooled.repeat_interleave(torch.tensor([p[0].shape[0] for p in pieces], device=device), dim=0)
         values = torch.cat([p[2].values for p in pieces]).to(device)
         counts = torch.cat([p[2].counts for p in pieces]).to(device)
         with torch.no_grad():

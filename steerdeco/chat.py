@@ -112,7 +112,13 @@ def teacher_forced_parameters(
     for start in tqdm(starts, desc="teacher-forced scoring", disable=not progress):
         index = order[start : start + batch_size]
         batch = pad_batch([examples[i] for i in index], tokenizer.pad_token_id, padding_side="right")
-        out = model(input_ids=batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device))
+        positions = torch.arange(batch["input_ids"].shape[1])
+        prompt_mask = (positions.unsqueeze(0) < batch["response_start"].unsqueeze(1)) & batch["attention_mask"].bool()
+        out = model(
+            input_ids=batch["input_ids"].to(model.device),
+            attention_mask=batch["attention_mask"].to(model.device),
+            prompt_mask=prompt_mask.to(model.device),  # heads that pool the prompt pool only these
+        )
         for i, (t, p) in zip(index, response_parameters(out.temperature.cpu(), out.top_p.cpu(), batch["labels"]), strict=True):
             results[i] = (t.float(), p.float())
     return results

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+CONTEXT_POOLINGS = ("running_mean", "prompt_attention")
 HEADS_CONFIG_NAME = "heads_config.json"
 HEADS_WEIGHTS_NAME = "heads.safetensors"
 FORMAT_VERSION = 1
@@ -60,6 +61,24 @@ class HeadsConfig:
             "T and P only through the steering path, so the per-token part sees the token's state alone."
         },
     )
+    context_pooling: str = field(
+        default="running_mean",
+        metadata={
+            "help": "What the context is, with context_features: 'running_mean' of the last hidden state over the "
+            "sequence so far, or 'prompt_attention': a learned attention pooling of the prompt's states (of "
+            "decoder layer context_layer), one vector per reply, so the heads learn where in the prompt a "
+            "command is instead of reading its trace in a mean dominated by the rest of the prompt.",
+            "choices": list(CONTEXT_POOLINGS),
+        },
+    )
+    context_layer: int = field(
+        default=0,
+        metadata={
+            "help": "With prompt_attention: the decoder layer (1 = first) whose output states are pooled; 0: "
+            "the last hidden state (the lm_head's input)."
+        },
+    )
+    pool_width: int = field(default=64, metadata={"help": "With prompt_attention: width of the scoring MLP."})
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
     base_model_fingerprint: str | None = field(
         default=None,
@@ -85,6 +104,17 @@ class HeadsConfig:
             raise ValueError("context_in_mlp=False needs a steering path (steering_width > 0) to read the context")
         if self.steering_width and not self.context_features:
             raise ValueError("steering_width > 0 needs context_features=True: the steering path reads the context")
+        if self.context_pooling not in CONTEXT_POOLINGS:
+            raise ValueError(f"context_pooling must be one of {', '.join(CONTEXT_POOLINGS)}, got {self.context_pooling!r}")
+        if self.context_pooling == "prompt_attention" and not self.context_features:
+            raise ValueError("context_pooling='prompt_attention' needs context_features=True")
+        layer = self.context_layer
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+            raise ValueError(f"context_layer must be a decoder layer number >= 1, or 0 (the last hidden state), got {layer!r}")
+        if layer and self.context_pooling != "prompt_attention":
+            raise ValueError("context_layer is read by context_pooling='prompt_attention' only")
+        if not isinstance(self.pool_width, int) or isinstance(self.pool_width, bool) or self.pool_width < 1:
+            raise ValueError(f"pool_width must be a positive integer, got {self.pool_width!r}")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"heads format_version {self.format_version} is not supported by this steerdeco "

@@ -32,7 +32,7 @@ import torch
 from transformers import LogitsProcessor, TopKLogitsWarper
 
 from .heads import MIN_TEMPERATURE, running_context
-from .hooks import contiguous_lm_head_input, on_decoder_output, on_lm_head
+from .hooks import contiguous_lm_head_input, on_context_states, on_decoder_output, on_lm_head
 
 GREEDY_BELOW_TEMPERATURE = 0.1  # a used T below this decodes the token greedily
 
@@ -154,12 +154,25 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
 
     Heads with ``context_features`` also get the running context: a hook on the decoder adds every
     new position's last hidden state (prompt positions at prefill, then one token a step; padding
-    left out through the attention mask) to a running sum kept in the record. The hooks are removed
-    when the block exits, also on error.
+    left out through the attention mask) to a running sum kept in the record. Heads with
+    ``prompt_attention`` pool the prompt's states once, at the prefill, and keep that context for the
+    whole reply. The hooks are removed when the block exits, also on error.
     """
 
     record = _StepRecord()
-    use_context = heads_model.heads_config.context_features
+    pool = heads_model.heads.prompt_pool is not None
+    use_context = heads_model.heads_config.context_features and not pool
+
+    def pool_prompt(states: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        # the first forward is the prefill: every prompt position; the context then stays for the whole reply
+        if record.context is not None:
+            return
+        if attention_mask is None:
+            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        else:
+            mask = attention_mask[:, : states.shape[1]]
+        with torch.no_grad():
+            record.context = heads_model.heads.pool_prompt(states, mask)
 
     def track_context(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         # positions so far: the mask covers them all; without one, a forward either continues from a KV
@@ -186,6 +199,9 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
     with contextlib.ExitStack() as stack:
         if use_context:
             stack.enter_context(on_decoder_output(heads_model.base_model, track_context))
+        if pool:
+            layer = heads_model.heads_config.context_layer
+            stack.enter_context(on_context_states(heads_model.base_model, layer, pool_prompt))
         stack.enter_context(contiguous_lm_head_input(heads_model.base_model))
         stack.enter_context(on_lm_head(heads_model.base_model, callback))
         yield record

@@ -11,6 +11,12 @@ mean of the last hidden state over every position up to the current one (:func:`
 the token's own state says what is being written, the running mean what was asked, so a command
 anywhere in the prompt reaches every token's T and P.
 
+With ``context_pooling="prompt_attention"`` the context is instead one vector per reply: a learned
+attention pooling (:class:`PromptAttentionPool`) of the prompt's states (of the decoder layer
+``context_layer``), computed once from the prompt and given to every token of the reply. A command is
+a few tokens of a long prompt: in a mean its trace is small and mixed with what the prompt is about,
+while the pooling learns to look at it.
+
 With ``steering_width`` each head also has a *steering path*: an MLP on the layer-normalised context
 alone, added to the head's logit. A command then shifts the logit of every token of the reply by the
 same amount: for T well below ``max_temperature`` (``sigmoid(z) ~ exp(z)``) that is a multiplier of
@@ -131,6 +137,28 @@ def _head_input(hidden: torch.Tensor, context: torch.Tensor | None, use_context:
     return torch.cat([hidden, context.to(hidden.dtype)], dim=-1)
 
 
+class PromptAttentionPool(nn.Module):
+    """``softmax(score(LN(h))) . LN(h)`` over the prompt: states ``[B, P, H]``, mask ``[B, P]`` -> ``[B, H]``.
+
+    ``score`` is a two-layer MLP whose last layer starts at zero, so fresh pooling is the mean of the
+    layer-normalised prompt states. Rows without any prompt position pool to zeros.
+    """
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.score = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+        nn.init.zeros_(self.score[-1].weight)
+        nn.init.zeros_(self.score[-1].bias)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        normed = self.norm(states.to(self.score[0].weight.dtype))
+        keep = mask.bool()
+        scores = self.score(normed).squeeze(-1).masked_fill(~keep, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an all-masked row: zeros
+        return torch.einsum("bp,bph->bh", weights, normed)
+
+
 class SteeringPath(nn.Module):
     """``MLP(LayerNorm(context))``: a logit offset from the context alone; ``[..., H] -> [...]``, zero at init."""
 
@@ -207,8 +235,9 @@ class TopPHead(nn.Module):
 class AutoDecoHeads(nn.Module):
     """Both heads together: ``(hidden [..., H], logits-or-slots [..., M]) -> (T [...], P [...])``.
 
-    ``context [..., H]`` (:func:`running_context`) is required when the config has ``context_features``.
-    The heads standardise it per dimension, ``(context - context_shift) / context_scale``, with buffers
+    ``context [..., H]`` is required when the config has ``context_features``: :func:`running_context`,
+    or with ``prompt_attention`` the reply's :meth:`pool_prompt` repeated for each of its tokens.
+    The heads standardise a running context per dimension, ``(context - context_shift) / context_scale``, with buffers
     saved alongside the weights: a decoder's mean state has a few dimensions hundreds of times larger
     than the rest, where a command's trace is small, and an MLP learns slowly on such inputs.
     :meth:`fit_context_normalization` sets them from data (the trainer does, before training); fresh
@@ -220,15 +249,27 @@ class AutoDecoHeads(nn.Module):
         self.config = config
         self.temperature_head = TemperatureHead(config)
         self.top_p_head = TopPHead(config)
-        if config.context_features:
+        self.standardize_context = bool(config.context_features) and config.context_pooling == "running_mean"
+        if self.standardize_context:
             self.register_buffer("context_shift", torch.zeros(config.hidden_size))
             self.register_buffer("context_scale", torch.ones(config.hidden_size))
+        self.prompt_pool = (
+            PromptAttentionPool(config.hidden_size, config.pool_width)
+            if config.context_features and config.context_pooling == "prompt_attention"
+            else None
+        )
+
+    def pool_prompt(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The context of heads with ``prompt_attention``: prompt states ``[B, P, H]``, mask ``[B, P]`` -> ``[B, H]``."""
+        if self.prompt_pool is None:
+            raise ValueError("these heads do not pool the prompt (context_pooling is not 'prompt_attention')")
+        return self.prompt_pool(states, mask)
 
     @torch.no_grad()
     def fit_context_normalization(self, contexts: torch.Tensor, min_scale: float = 1e-3) -> None:
         """Set the context standardisation to the per-dimension mean and standard deviation of ``contexts [K, H]``."""
-        if not self.config.context_features:
-            raise ValueError("these heads read no context (context_features=False)")
+        if not self.standardize_context:
+            raise ValueError("these heads standardise no context (context_features=False, or a pooled prompt context)")
         contexts = contexts.reshape(-1, self.config.hidden_size).float()
         if contexts.shape[0] < 2:
             raise ValueError(f"need at least 2 context vectors to fit the normalisation, got {contexts.shape[0]}")
@@ -243,7 +284,7 @@ class AutoDecoHeads(nn.Module):
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)  # _head_input casts the context to it
-        if context is not None and self.config.context_features:
+        if context is not None and self.standardize_context:
             context = (context.to(self.context_shift.dtype) - self.context_shift) / self.context_scale
         temperature = self.temperature_head(hidden, context)
         features = None

@@ -83,3 +83,43 @@ def on_decoder_output(
         yield
     finally:
         handle.remove()
+
+
+def decoder_layer(model: nn.Module, number: int) -> nn.Module:
+    """Decoder layer ``number`` (1 = the first) of the base model's decoder stack."""
+    layers = getattr(decoder(model), "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}'s decoder has no `layers` list: context_layer needs one")
+    if not 1 <= number <= len(layers):
+        raise ValueError(f"context_layer {number} is not a decoder layer of this model (it has layers 1..{len(layers)})")
+    return layers[number - 1]
+
+
+@contextlib.contextmanager
+def on_context_states(
+    model: nn.Module, layer: int, callback: Callable[[torch.Tensor, torch.Tensor | None], None]
+) -> Iterator[None]:
+    """Call ``callback(states [B, L, H], attention_mask [B, T] or None)`` after every decoder forward.
+
+    ``states`` are the output of decoder layer ``layer`` (1 = the first) for the ``L`` positions the
+    forward computed, or with ``layer=0`` the last hidden state; ``attention_mask`` as in
+    :func:`on_decoder_output`.
+    """
+    if layer == 0:
+        with on_decoder_output(model, callback):
+            yield
+        return
+    captured: list[torch.Tensor] = []
+
+    def layer_hook(_module, _args, output):
+        captured[:] = [output[0] if isinstance(output, tuple) else output]
+
+    def decoder_done(_hidden: torch.Tensor, mask: torch.Tensor | None) -> None:
+        callback(captured[0], mask)
+
+    handle = decoder_layer(model, layer).register_forward_hook(layer_hook)
+    try:
+        with on_decoder_output(model, decoder_done):
+            yield
+    finally:
+        handle.remove()

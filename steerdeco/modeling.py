@@ -8,6 +8,7 @@ are given); its ``generate`` samples every token with that token's predicted T a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,7 @@ from .decoding import (
     generated_mask,
 )
 from .heads import AutoDecoHeads, running_context
-from .hooks import on_lm_head
+from .hooks import decoder_layer, on_context_states, on_lm_head
 from .io import atomic_write_text, atomic_write_with
 from .losses import AutoDecoLossConfig, autodeco_losses, exact_slots, next_token_targets
 
@@ -98,6 +99,11 @@ def check_heads_fit(config: HeadsConfig, base_model: nn.Module, source: str = "t
             f"{source}{trained_on} expect hidden size {config.hidden_size} but the base model {name!r} has hidden "
             f"size {hidden_size}: load heads trained on this base model"
         )
+    if config.context_layer:
+        try:
+            decoder_layer(base_model, config.context_layer)
+        except ValueError as error:
+            raise ValueError(f"{source}{trained_on}: {error}") from None
     if config.base_model_fingerprint is not None:
         fingerprint = base_model_fingerprint(base_model)
         if fingerprint != config.base_model_fingerprint:
@@ -210,6 +216,7 @@ class AutoDecoModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         loss_generator: torch.Generator | None = None,
+        prompt_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> AutoDecoOutput:
         """Run the base model and the heads on every position.
@@ -222,15 +229,29 @@ class AutoDecoModel(nn.Module):
             labels: optional ``[B, L]`` HF-style labels (aligned with ``input_ids``, ``-100`` ignored);
                 position ``t``'s T and P are scored on ``labels[:, t + 1]``.
             loss_generator: random source of the easy-token draw.
+            prompt_mask: ``[B, L]`` the prompt's positions, for heads with ``prompt_attention`` (they pool
+                the prompt once and give every position that context, as generation does). None: every
+                position of ``attention_mask`` counts as prompt (right for a prompt alone).
             kwargs: passed to the base model (``position_ids``, ``past_key_values``, ...).
         """
         captured: list[torch.Tensor] = []
-        with on_lm_head(self.base_model, lambda hidden, _logits: captured.append(hidden)):
+        prompt_states: list[torch.Tensor] = []
+        with contextlib.ExitStack() as hooks:
+            hooks.enter_context(on_lm_head(self.base_model, lambda hidden, _logits: captured.append(hidden)))
+            if self.heads.prompt_pool is not None:
+                layer = self.heads_config.context_layer
+                hooks.enter_context(on_context_states(self.base_model, layer, lambda h, _m: prompt_states.append(h)))
             base_out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = captured[-1]
         logits = base_out.logits
         context = None
-        if self.heads_config.context_features:
+        if self.heads.prompt_pool is not None:
+            states = prompt_states[-1]
+            mask = prompt_mask if prompt_mask is not None else attention_mask
+            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask
+            pooled = self.heads.pool_prompt(states, mask[:, -states.shape[1] :])
+            context = pooled.unsqueeze(1).expand(-1, hidden.shape[1], -1)
+        elif self.heads_config.context_features:
             mask = None if attention_mask is None else attention_mask[:, -hidden.shape[1] :]
             context, _ = running_context(hidden, mask)
         temperature, top_p = self.heads(hidden, logits.detach(), context=context)

@@ -19,11 +19,11 @@ from steerdeco.training.synthetic import synthetic_control_records
 TOP_K, BINS = 16, 8
 
 
-def jittered_model(context_features: bool, top_p_features: bool = True) -> tuple[AutoDecoModel, object]:
+def jittered_model(context_features: bool, top_p_features: bool = True, **heads) -> tuple[AutoDecoModel, object]:
     """Heads whose T and P depend on their inputs (fresh heads predict constants)."""
     base, tokenizer = tiny_model_and_tokenizer(seed=0)
     config = HeadsConfig(hidden_size=base.config.hidden_size, mlp_width=32, context_features=context_features,
-                         top_p_features=top_p_features)
+                         top_p_features=top_p_features, **heads)
     model = AutoDecoModel(base, config).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -39,8 +39,9 @@ def rows_and_examples(tokenizer, max_response_tokens=None):
 
 
 def cache_of(model, tokenizer, examples, **kwargs) -> BackboneCache:
-    settings = dict(top_k=TOP_K, num_bins=BINS, batch_size=1, progress=False,
-                    store_context=model.heads_config.context_features)
+    pooling = model.heads.prompt_pool is not None
+    settings = dict(top_k=TOP_K, num_bins=BINS, batch_size=1, progress=False, store_context=model.heads.standardize_context,
+                    prompt_layer=model.heads_config.context_layer if pooling else None)
     return build_backbone_cache(model.base_model, examples, tokenizer.pad_token_id, **{**settings, **kwargs})
 
 
@@ -87,6 +88,24 @@ def test_without_top_p_features_cached_scores_match_the_exact_model_path():
     for column in ("temperature", "top_p"):
         for a, b in zip(arrays(cached, column), arrays(exact, column), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_prompt_attention_heads_score_the_same_from_the_cache_as_through_the_model(layer):
+    model, tokenizer = jittered_model(context_features=True, top_p_features=False, steering_width=8,
+                                      context_pooling="prompt_attention", context_layer=layer)
+    rows, examples = rows_and_examples(tokenizer)
+    full = cache_of(model, tokenizer, examples, hidden_dtype="float32")
+    assert full.context is None and full.prompt_states.shape[0] == int(full.prompt_offsets[-1])
+    half = cache_of(model, tokenizer, examples[::2], hidden_dtype="float32")
+    cached = teacher_forced_scores(model, tokenizer, rows, backbone_cache=full, batch_size=1, progress=False)
+    mixed = teacher_forced_scores(model, tokenizer, rows, backbone_cache=half, batch_size=1, progress=False)
+    exact = teacher_forced_scores(model, tokenizer, rows, batch_size=4, progress=False)
+    for a, b, c in zip(arrays(cached, "temperature"), arrays(mixed, "temperature"), arrays(exact, "temperature"), strict=True):
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+    means = [float(np.mean(a)) for a in arrays(cached, "temperature")]
+    assert np.std(means) > 1e-3  # the pooled prompt moves T between rows
 
 
 def test_with_top_p_features_cached_scores_are_close_to_the_exact_model_path():

@@ -102,8 +102,10 @@ def test_greedy_stays_greedy(tiny, chat_batch):
 @pytest.mark.parametrize(
     ("context_features", "use_cache", "steering"),
     [(False, True, {}), (True, True, {}), (True, False, {}),
-     (True, True, {"steering_width": 8, "context_in_mlp": False})],
-    ids=["autodeco", "context", "context-no-kv-cache", "steering-path"],
+     (True, True, {"steering_width": 8, "context_in_mlp": False}),
+     (True, True, {"steering_width": 8, "context_pooling": "prompt_attention", "context_layer": 1}),
+     (True, False, {"steering_width": 8, "context_pooling": "prompt_attention"})],
+    ids=["autodeco", "context", "context-no-kv-cache", "steering-path", "prompt-attention", "prompt-attention-no-kv-cache"],
 )
 def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_batch, context_features, use_cache, steering):
     base, tokenizer = tiny
@@ -112,7 +114,7 @@ def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_bat
     with torch.no_grad():
         for p in model.heads.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-        if context_features:  # a fitted standardisation, as trained heads have
+        if model.heads.standardize_context:  # a fitted standardisation, as trained heads have
             model.heads.context_shift.normal_(0, 0.1)
             model.heads.context_scale.uniform_(0.5, 2.0)
     torch.manual_seed(0)
@@ -126,7 +128,8 @@ def test_trace_is_aligned_with_tokens_and_matches_teacher_forcing(tiny, chat_bat
     attention = torch.cat([chat_batch["attention_mask"], trace.mask.long()], dim=1)
     labels = sequences.masked_fill(attention == 0, IGNORE_INDEX)
     labels[:, :prompt_length] = IGNORE_INDEX
-    out = model(input_ids=sequences, attention_mask=attention)
+    prompt_mask = attention.bool() & (torch.arange(sequences.shape[1]) < prompt_length)
+    out = model(input_ids=sequences, attention_mask=attention, prompt_mask=prompt_mask)
     for i, (t, p) in enumerate(response_parameters(out.temperature, out.top_p, labels)):
         torch.testing.assert_close(t, trace.temperature[i][trace.mask[i]], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(p, trace.top_p[i][trace.mask[i]], rtol=1e-4, atol=1e-5)

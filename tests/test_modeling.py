@@ -227,3 +227,59 @@ def test_steering_options_need_a_context():
         HeadsConfig(hidden_size=8, context_features=True, context_in_mlp=False)
     with pytest.raises(ValueError, match="fit the normalisation"):
         AutoDecoModel(tiny_model(), HeadsConfig(hidden_size=64, context_features=True)).heads.fit_context_normalization(torch.zeros(1, 64))
+
+
+def test_prompt_attention_starts_as_the_mean_of_the_normalised_prompt_and_leaves_padding_out():
+    from steerdeco.heads import PromptAttentionPool
+
+    pool = PromptAttentionPool(hidden_size=16, width=8)
+    states = torch.randn(2, 5, 16) * 3 + 1
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    normed = torch.nn.functional.layer_norm(states, (16,))
+    pooled = pool(states, mask)
+    torch.testing.assert_close(pooled[0], normed[0, :3].mean(0))
+    torch.testing.assert_close(pooled[1], normed[1].mean(0))
+    changed = states.clone()
+    changed[0, 3:] = 100.0  # padding is never read
+    torch.testing.assert_close(pool(changed, mask), pooled)
+    with torch.no_grad():
+        pool.score[-1].weight.normal_()
+    weighted = pool(states, mask)
+    assert not torch.allclose(weighted[0], pooled[0])  # a trained score moves away from the mean
+    assert torch.equal(pool(states, torch.zeros_like(mask))[0], torch.zeros(16))  # no prompt: zeros
+
+
+def test_prompt_attention_heads_pool_only_the_prompt_and_round_trip(tiny, chat_batch, tmp_path):
+    base, _ = tiny
+    config = HeadsConfig(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,
+                         context_pooling="prompt_attention", context_layer=1)
+    model = AutoDecoModel(base, config)
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    prompt = chat_batch["attention_mask"].bool()
+    longer = torch.cat([chat_batch["input_ids"], chat_batch["input_ids"][:, -3:]], dim=1)
+    attention = torch.cat([chat_batch["attention_mask"], torch.ones_like(chat_batch["attention_mask"][:, -3:])], dim=1)
+    prompt_mask = torch.cat([prompt, torch.zeros_like(prompt[:, -3:])], dim=1)
+    short = model(**chat_batch)
+    long = model(input_ids=longer, attention_mask=attention, prompt_mask=prompt_mask)
+    # the prompt's positions get the same T with or without the tokens after them: the context is the prompt's
+    torch.testing.assert_close(long.temperature[:, : prompt.shape[1]][prompt], short.temperature[prompt])
+    model.save_pretrained(tmp_path / "heads")
+    loaded = AutoDecoModel.from_pretrained(tmp_path / "heads", base_model=base)
+    assert not hasattr(loaded.heads, "context_shift")  # a pooled prompt is not standardised
+    torch.testing.assert_close(loaded(**chat_batch).temperature, short.temperature)
+
+
+def test_prompt_attention_options_are_checked():
+    with pytest.raises(ValueError, match="context_pooling='prompt_attention' needs context_features=True"):
+        HeadsConfig(hidden_size=8, context_pooling="prompt_attention")
+    with pytest.raises(ValueError, match="context_pooling must be one of"):
+        HeadsConfig(hidden_size=8, context_features=True, context_pooling="max")
+    with pytest.raises(ValueError, match="context_layer is read by context_pooling='prompt_attention' only"):
+        HeadsConfig(hidden_size=8, context_features=True, context_layer=2)
+    config = HeadsConfig(hidden_size=64, context_features=True, context_pooling="prompt_attention", context_layer=9)
+    with pytest.raises(ValueError, match=r"context_layer 9 is not a decoder layer of this model \(it has layers 1\.\.2\)"):
+        AutoDecoModel(tiny_model(), config)
+    with pytest.raises(ValueError, match="heads_context_pooling=prompt_attention needs heads_context_features=true"):
+        SteeringConfig(output_dir="x", heads_context_features=False, heads_context_pooling="prompt_attention")

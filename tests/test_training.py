@@ -178,16 +178,18 @@ def test_trainer_batches_hold_whole_groups(tmp_path, train_rows):
 
 
 # -- backbone cache -------------------------------------------------------------------------------
-def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows):
-    cached = SteeringTrainer(args=config(tmp_path), train_dataset=train_rows)
-    direct = SteeringTrainer(args=config(tmp_path, backbone_cache=False), train_dataset=train_rows)
+@pytest.mark.parametrize("heads", [{}, {"heads_steering_width": 8, "heads_context_pooling": "prompt_attention",
+                                          "heads_context_layer": 1}], ids=["running-mean", "prompt-attention"])
+def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, heads):
+    cached = SteeringTrainer(args=config(tmp_path, **heads), train_dataset=train_rows)
+    direct = SteeringTrainer(args=config(tmp_path, backbone_cache=False, **heads), train_dataset=train_rows)
     assert cached.backbone_cache is not None and direct.backbone_cache is None
     direct.autodeco_model.heads.load_state_dict(cached.autodeco_model.heads.state_dict())
     for batch_cached, batch_direct in zip(cached.get_eval_dataloader(cached.train_dataset),
                                           direct.get_eval_dataloader(direct.train_dataset), strict=True):
         assert "hidden" in batch_cached and "input_ids" not in batch_cached
         with torch.no_grad():
-            out_cached = cached.model(**{k: v for k, v in batch_cached.items() if k in ("response_mask", "hidden", "context", "slot_values", "slot_counts", "target_value", "target_slot")})
+            out_cached = cached.model(**{k: v for k, v in batch_cached.items() if k in ("response_mask", "hidden", "context", "slot_values", "slot_counts", "target_value", "target_slot", "prompt_states", "prompt_mask")})
             out_direct = direct.model(**{k: v for k, v in batch_direct.items() if k in ("response_mask", "input_ids", "attention_mask", "response_positions", "response_targets")})
         torch.testing.assert_close(out_cached.temperature, out_direct.temperature)
         torch.testing.assert_close(out_cached.top_p, out_direct.top_p)
@@ -196,9 +198,9 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows):
 
 def test_backbone_outputs_match_a_full_forward_at_the_response_positions(tmp_path, train_rows):
     trainer = SteeringTrainer(args=config(tmp_path, backbone_cache=False, logit_top_k=0), train_dataset=train_rows)
-    batch = next(iter(trainer.get_train_dataloader()))
     base = trainer.autodeco_model.base_model
-    hidden, context, slots, logits = backbone_outputs(
+    batch = {k: v.to(base.device) for k, v in next(iter(trainer.get_train_dataloader())).items() if torch.is_tensor(v)}
+    hidden, context, slots, logits, *_ = backbone_outputs(
         base, *(batch[k] for k in ("input_ids", "attention_mask", "response_positions", "response_targets", "response_mask")),
         top_k=0, num_bins=1,
     )
@@ -206,7 +208,7 @@ def test_backbone_outputs_match_a_full_forward_at_the_response_positions(tmp_pat
         full = trainer.autodeco_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     full_context, _ = running_context(full.hidden_states, batch["attention_mask"])
     mask = batch["response_mask"]
-    rows = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask]
+    rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
     positions = batch["response_positions"][mask]
     assert int(positions.min()) > 0  # the prompt positions really were left out of the logits
     torch.testing.assert_close(logits, full.logits[rows, positions], rtol=1e-4, atol=1e-5)
@@ -301,6 +303,23 @@ def test_context_heads_trained_from_the_cache_order_held_out_prompts(tmp_path):
     assert trainer.backbone_cache is not None and trainer.autodeco_model.heads_config.context_features
     trainer.train()
     # scored through the full model (running context from its own forward), on prompts never trained on
+    report = evaluate_ordering(trainer.autodeco_model, trainer.processing_class, select_split(rows, "eval"))
+    entry = report["by_command_split"]["train"]
+    assert entry["units"] == 4 and entry["temperature_ordered"] >= 0.75
+    assert entry["temperature"]["low"] < entry["temperature"]["none"] < entry["temperature"]["high"]
+
+
+def test_prompt_attention_heads_trained_from_the_cache_order_held_out_prompts(tmp_path):
+    rows = synthetic_control_rows(num_prompts=12, num_eval_prompts=4)
+    args = config(tmp_path, max_steps=60, learning_rate=1e-2, heads_mlp_width=64, heads_steering_width=16,
+                  heads_context_in_mlp=False, heads_context_pooling="prompt_attention", heads_context_layer=1)
+    trainer = SteeringTrainer(args=args, train_dataset=select_split(rows, "train"))
+    cache = trainer.backbone_cache
+    assert cache.prompt_states is not None and cache.context is None
+    pool = {k: v.clone() for k, v in trainer.autodeco_model.heads.prompt_pool.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(pool[k], v) for k, v in trainer.autodeco_model.heads.prompt_pool.state_dict().items())
+    # scored through the full model (the pooled prompt of its own forward), on prompts never trained on
     report = evaluate_ordering(trainer.autodeco_model, trainer.processing_class, select_split(rows, "eval"))
     entry = report["by_command_split"]["train"]
     assert entry["units"] == 4 and entry["temperature_ordered"] >= 0.75

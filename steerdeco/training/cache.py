@@ -32,6 +32,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..heads import running_context
-from ..hooks import decoder, on_decoder_output, on_lm_head, output_embeddings
+from ..hooks import decoder, on_context_states, on_decoder_output, on_lm_head, output_embeddings
 from ..io import atomic_write_with
 from ..losses import LogitSlots, compress_logits, exact_slots
 
@@ -52,6 +53,17 @@ HIDDEN_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32"
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "I64": torch.int64}
 
 
+class BackboneOutputs(NamedTuple):
+    """What :func:`backbone_outputs` reads off the base model (see there)."""
+
+    hidden: torch.Tensor
+    context: torch.Tensor
+    slots: LogitSlots
+    logits: torch.Tensor
+    prompt_states: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+
+
 def backbone_outputs(
     base_model,
     input_ids: torch.Tensor,
@@ -61,7 +73,8 @@ def backbone_outputs(
     response_mask: torch.Tensor,
     top_k: int,
     num_bins: int,
-) -> tuple[torch.Tensor, torch.Tensor, LogitSlots, torch.Tensor]:
+    prompt_layer: int | None = None,
+) -> BackboneOutputs:
     """Run the base model and read it at the response positions.
 
     For transformers' causal LMs (a forward that takes ``logits_to_keep``) only the decoder runs, and
@@ -77,18 +90,25 @@ def backbone_outputs(
         response_targets: ``[R, N]`` response token ``j``.
         response_mask: ``[R, N]`` real response tokens.
         top_k, num_bins: logit compression (``top_k=0``: exact slots).
+        prompt_layer: also return the prompt's states for heads with ``prompt_attention``: those of
+            decoder layer ``prompt_layer`` (1 = the first), or with 0 the last hidden state; None: do not.
 
     Returns:
-        ``(hidden [K, H], context [K, H], slots, logits [K, V])`` for the ``K`` masked positions in
+        ``hidden [K, H], context [K, H], slots, logits [K, V]`` for the ``K`` masked positions in
         row-major order; ``context`` is :func:`~steerdeco.heads.running_context` of the row up to each
-        position; the slots are built from detached logits, the other tensors keep their graph.
+        position; the slots are built from detached logits, the other tensors keep their graph. With
+        ``prompt_layer``: ``prompt_states [R, P, H]`` and ``prompt_mask [R, P]``, the positions before
+        each row's response (``P``: the longest prompt).
     """
     hiddens: list[torch.Tensor] = []
+    states: list[torch.Tensor] = []
     logits_out: list[torch.Tensor] = []
     length = input_ids.shape[1]
     gathered_logits = accepts_logits_to_keep(base_model)
     with contextlib.ExitStack() as hooks:
         hooks.enter_context(on_decoder_output(base_model, lambda hidden, _mask: hiddens.append(hidden)))
+        if prompt_layer is not None:
+            hooks.enter_context(on_context_states(base_model, prompt_layer, lambda h, _mask: states.append(h)))
         if gathered_logits:  # the decoder alone; the lm_head runs below on the response positions
             decoder(base_model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         else:
@@ -106,7 +126,13 @@ def backbone_outputs(
     targets = response_targets[response_mask]
     detached = logits.detach()
     slots = exact_slots(detached, targets) if top_k == 0 else compress_logits(detached, targets, top_k, num_bins)
-    return hidden, context, slots, logits
+    if prompt_layer is None:
+        return BackboneOutputs(hidden, context, slots, logits)
+    prompt_length = response_positions[:, 0] + 1  # position start - 1 predicts the first response token
+    width = int(prompt_length.max())
+    prompt_mask = torch.arange(width, device=input_ids.device).unsqueeze(0) < prompt_length.unsqueeze(1)
+    prompt_mask = prompt_mask & attention_mask[:, :width].bool()
+    return BackboneOutputs(hidden, context, slots, logits, states[-1][:, :width], prompt_mask)
 
 
 def accepts_logits_to_keep(model) -> bool:
@@ -131,7 +157,9 @@ class BackboneCache:
     running mean of the last hidden state up to each position, for heads with ``context_features``)
     or None when it was not stored, ``slot_values [K, top_k + bins]``, ``bin_counts [K, bins]`` (the
     top-k slots are single tokens), ``target_value [K]``, ``target_slot [K]``, ``offsets [rows + 1]``,
-    ``row_keys [rows]`` (:func:`row_key` of each row).
+    ``row_keys [rows]`` (:func:`row_key` of each row). For heads with ``prompt_attention``:
+    ``prompt_states [S, H]`` (every row's prompt positions, concatenated; row ``r`` owns
+    ``prompt_offsets[r]:prompt_offsets[r + 1]``), else None.
     """
 
     hidden: torch.Tensor
@@ -144,6 +172,8 @@ class BackboneCache:
     row_keys: torch.Tensor
     top_k: int
     fingerprint: str
+    prompt_states: torch.Tensor | None = None
+    prompt_offsets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.offsets.numel() - 1
@@ -154,7 +184,8 @@ class BackboneCache:
 
     @property
     def bytes_per_position(self) -> float:
-        """Bytes stored per cached response position (every tensor but the per-row ones)."""
+        """Bytes stored per cached response position (every tensor but the per-row ones; prompt states are
+        per row and left out)."""
         tensors = (self.hidden, self.context, self.slot_values, self.bin_counts, self.target_value, self.target_slot)
         total = sum(t.numel() * t.element_size() for t in tensors if t is not None)
         return total / max(1, self.hidden.shape[0])
@@ -199,7 +230,22 @@ class BackboneCache:
         }
         if context is not None:
             out["context"] = context
+        if self.prompt_states is not None:
+            out["prompt_states"], out["prompt_mask"] = self.prompts(rows)
         return out
+
+    def prompts(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states [B, P, H], mask [B, P])``: the prompt states of ``rows``, right-padded (``P``: the longest)."""
+        if self.prompt_states is None:
+            raise ValueError("this backbone cache holds no prompt states (it was built for heads without prompt_attention)")
+        spans = [(int(self.prompt_offsets[r]), int(self.prompt_offsets[r + 1])) for r in rows]
+        width = max((b - a for a, b in spans), default=0)
+        states = torch.zeros(len(rows), width, self.prompt_states.shape[1], dtype=self.prompt_states.dtype)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (a, b) in enumerate(spans):
+            states[i, : b - a] = self.prompt_states[a:b]
+            mask[i, : b - a] = True
+        return states, mask
 
     def rows(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, LogitSlots]:
         """``(hidden [K, H], context [K, H] or None, slots)`` of ``rows``' positions, concatenated in order
@@ -226,6 +272,8 @@ class BackboneCache:
         }
         if self.context is not None:
             tensors["context"] = self.context
+        if self.prompt_states is not None:
+            tensors["prompt_states"], tensors["prompt_offsets"] = self.prompt_states, self.prompt_offsets
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         metadata = {"format": CACHE_FORMAT, "fingerprint": self.fingerprint, "top_k": str(self.top_k)}
         atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -241,6 +289,8 @@ class BackboneCache:
                                                     "target_slot", "offsets", "row_keys")},
             top_k=int(metadata["top_k"]),
             fingerprint=metadata["fingerprint"],
+            prompt_states=tensors.get("prompt_states"),
+            prompt_offsets=tensors.get("prompt_offsets"),
         )
 
 
@@ -274,6 +324,7 @@ def cache_fingerprint(
     num_bins: int,
     store_context: bool = True,
     hidden_dtype: str = "bfloat16",
+    prompt_layer: int | None = None,
 ) -> str:
     """sha256 of the model (class, config, every weight), the tokenised rows and the storage settings."""
     digest = hashlib.sha256()
@@ -286,6 +337,8 @@ def cache_fingerprint(
         "context": bool(store_context),
         "hidden_dtype": hidden_dtype,
     }
+    if prompt_layer is not None:
+        header["prompt_layer"] = prompt_layer
     digest.update(json.dumps(header, sort_keys=True).encode())
     digest.update(config.encode())
     for name, tensor in sorted(base_model.state_dict().items()):
@@ -340,13 +393,15 @@ def build_backbone_cache(
     fingerprint: str = "",
     store_context: bool = True,
     hidden_dtype: str = "bfloat16",
+    prompt_layer: int | None = None,
 ) -> BackboneCache:
     """Run ``base_model`` once over every example (``encode_example`` dicts) and cache its outputs.
 
     Rows are batched by length; the base model is put in eval mode for the pass (restored after).
     ``store_context``: keep the running context (heads with ``context_features`` read it);
     ``hidden_dtype``: ``"bfloat16"``, ``"float16"`` or ``"float32"``, the dtype hidden states and
-    context are stored in.
+    context are stored in; ``prompt_layer``: also keep each row's prompt states (see
+    :func:`backbone_outputs`) for heads with ``prompt_attention``.
     """
     from tqdm.auto import tqdm
 
@@ -360,13 +415,19 @@ def build_backbone_cache(
     base_model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     per_row: list = [None] * len(examples)
+    prompts: list = [None] * len(examples)
     try:
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="caching backbone outputs", disable=not progress):
             index = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in _right_pad([examples[i] for i in index], pad_token_id).items()}
-            hidden, context, slots, _ = backbone_outputs(base_model, **batch, top_k=top_k, num_bins=num_bins)
+            out = backbone_outputs(base_model, **batch, top_k=top_k, num_bins=num_bins, prompt_layer=prompt_layer)
+            hidden, context, slots = out.hidden, out.context, out.slots
             lengths = batch["response_mask"].sum(-1).tolist()
+            if prompt_layer is not None:
+                states = out.prompt_states.to(dtype).cpu()
+                for j, (i, n) in enumerate(zip(index, out.prompt_mask.sum(-1).tolist(), strict=True)):
+                    prompts[i] = states[j, :n]
             pieces = zip(
                 hidden.to(dtype).cpu().split(lengths),
                 context.to(dtype).cpu().split(lengths) if store_context else [None] * len(lengths),
@@ -384,7 +445,15 @@ def build_backbone_cache(
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     columns = [None if per_row[0][c] is None else torch.cat([row[c] for row in per_row]) for c in range(6)]
     keys = torch.tensor([row_key(example) for example in examples], dtype=torch.long)
-    return BackboneCache(*columns, offsets=offsets, row_keys=keys, top_k=top_k, fingerprint=fingerprint)
+    prompt_states = prompt_offsets = None
+    if prompt_layer is not None:
+        prompt_lengths = torch.tensor([p.shape[0] for p in prompts])
+        prompt_offsets = torch.cat([torch.zeros(1, dtype=torch.long), prompt_lengths.cumsum(0)])
+        prompt_states = torch.cat(prompts)
+    return BackboneCache(
+        *columns, offsets=offsets, row_keys=keys, top_k=top_k, fingerprint=fingerprint,
+        prompt_states=prompt_states, prompt_offsets=prompt_offsets,
+    )  # fmt: skip
 
 
 def load_or_build_cache(
@@ -398,11 +467,12 @@ def load_or_build_cache(
     progress: bool = True,
     store_context: bool = True,
     hidden_dtype: str = "bfloat16",
+    prompt_layer: int | None = None,
 ) -> BackboneCache:
     """The cache in ``directory`` if its fingerprint matches this model, data and settings; else build and save it."""
     _check_hidden_dtype(hidden_dtype)
     path = Path(directory) / CACHE_FILE
-    fingerprint = cache_fingerprint(base_model, examples, top_k, num_bins, store_context, hidden_dtype)
+    fingerprint = cache_fingerprint(base_model, examples, top_k, num_bins, store_context, hidden_dtype, prompt_layer)
     if path.is_file():
         try:
             found = read_cache_metadata(path).get("fingerprint")
@@ -426,6 +496,7 @@ def load_or_build_cache(
         fingerprint=fingerprint,
         store_context=store_context,
         hidden_dtype=hidden_dtype,
+        prompt_layer=prompt_layer,
     )
     cache.save(path)
     logger.info(

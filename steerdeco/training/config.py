@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from ..config import CONTEXT_POOLINGS
 from .cache import HIDDEN_DTYPES
 
 TRAINING_MODES = ("head_only", "lora_joint")
@@ -243,6 +244,19 @@ class SteeringConfig(SFTConfig):
         default=True,
         metadata={"help": "HeadsConfig.context_in_mlp: feed the context to the heads' own MLPs too (not only the steering path)."},
     )
+    heads_context_pooling: str = field(
+        default="running_mean",
+        metadata={
+            "help": "HeadsConfig.context_pooling: the context is the 'running_mean' of the last hidden state, or "
+            "'prompt_attention', a learned attention pooling of the prompt's states (one vector per reply).",
+            "choices": ["running_mean", "prompt_attention"],
+        },
+    )
+    heads_context_layer: int = field(
+        default=0,
+        metadata={"help": "HeadsConfig.context_layer: with prompt_attention, the decoder layer whose states are pooled (0: the last hidden state)."},
+    )
+    heads_pool_width: int = field(default=64, metadata={"help": "HeadsConfig.pool_width: width of the prompt attention's scoring MLP."})
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )
@@ -481,6 +495,16 @@ class SteeringConfig(SFTConfig):
             )
         if self.heads_mlp_width < 1:
             raise ValueError(f"heads_mlp_width must be >= 1, got {self.heads_mlp_width}")
+        choice("heads_context_pooling", CONTEXT_POOLINGS)
+        if self.heads_context_pooling == "prompt_attention" and not self.heads_context_features:
+            raise ValueError("heads_context_pooling=prompt_attention needs heads_context_features=true")
+        if self.heads_context_layer < 0 or (self.heads_context_layer and self.heads_context_pooling != "prompt_attention"):
+            raise ValueError(
+                f"heads_context_layer must be >= 0 (0: the last hidden state) and is read by "
+                f"heads_context_pooling=prompt_attention only, got {self.heads_context_layer}"
+            )
+        if self.heads_pool_width < 1:
+            raise ValueError(f"heads_pool_width must be >= 1, got {self.heads_pool_width}")
         if not self.heads_max_temperature > 0:
             raise ValueError(f"heads_max_temperature must be > 0, got {self.heads_max_temperature}")
         if self.train_split == self.eval_split:

@@ -50,6 +50,9 @@ HEADS_FIELDS = {
     "steering_width": "heads_steering_width",
     "steering_linear": "heads_steering_linear",
     "context_in_mlp": "heads_context_in_mlp",
+    "context_pooling": "heads_context_pooling",
+    "context_layer": "heads_context_layer",
+    "pool_width": "heads_pool_width",
 }
 
 

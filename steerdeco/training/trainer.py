@@ -86,6 +86,8 @@ MODEL_INPUTS = (
     "slot_counts",
     "target_value",
     "target_slot",
+    "prompt_states",
+    "prompt_mask",
 )
 LOSS_TERMS = (
     "autodeco_temperature_loss",
@@ -210,6 +212,9 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
         steering_width=args.heads_steering_width,
         steering_linear=args.heads_steering_linear,
         context_in_mlp=args.heads_context_in_mlp,
+        context_pooling=args.heads_context_pooling,
+        context_layer=args.heads_context_layer,
+        pool_width=args.heads_pool_width,
         base_model=args.model_name_or_path,
     )
     model = AutoDecoModel(base, heads_config, freeze_base=args.training_mode == "head_only")
@@ -272,19 +277,24 @@ class SteeringModel(nn.Module):
         slot_counts: torch.Tensor | None = None,
         target_value: torch.Tensor | None = None,
         target_slot: torch.Tensor | None = None,
+        prompt_states: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
     ) -> SteeringOutput:
         mask = response_mask.bool()
         lm_loss = None
+        pooling = self.autodeco.heads.prompt_pool is not None
         if hidden is not None:
             flat_hidden = hidden[mask]
             flat_context = None if context is None else context[mask]
             slots = LogitSlots(slot_values[mask], slot_counts[mask], target_value[mask], target_slot[mask].long())
+            if pooling and prompt_states is None:
+                raise ValueError("heads with prompt_attention need the prompt states: this backbone cache has none; rebuild it")
         else:
             if input_ids is None or response_positions is None or response_targets is None:
                 raise ValueError("SteeringModel needs either cached backbone outputs or input_ids with response positions")
             grad = torch.enable_grad() if self._backbone_is_trainable() else torch.no_grad()
             with grad:
-                flat_hidden, flat_context, slots, logits = backbone_outputs(
+                out = backbone_outputs(
                     self.autodeco.base_model,
                     input_ids,
                     attention_mask,
@@ -293,9 +303,16 @@ class SteeringModel(nn.Module):
                     mask,
                     self.logit_top_k,
                     self.logit_bins,
+                    prompt_layer=self.autodeco.heads_config.context_layer if pooling else None,
                 )
+            flat_hidden, flat_context, slots, logits = out.hidden, out.context, out.slots, out.logits
+            prompt_states, prompt_mask = out.prompt_states, out.prompt_mask
             if self.compute_lm_loss:
                 lm_loss = F.cross_entropy(logits.float(), response_targets[mask]) if logits.shape[0] else logits.sum() * 0
+        if pooling:  # one pooled prompt per row, given to each of its response positions
+            pooled = self.autodeco.heads.pool_prompt(prompt_states.to(mask.device), prompt_mask.to(mask.device))
+            rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+            flat_context = pooled[rows]
         temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context)
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
         return SteeringOutput(
@@ -312,9 +329,9 @@ class SteeringModel(nn.Module):
         context = base.disable_adapter() if _is_peft(base) else contextlib.nullcontext()
         mask = response_mask.bool()
         with context:
-            *_, logits = backbone_outputs(
+            logits = backbone_outputs(
                 base, input_ids, attention_mask, response_positions, response_targets, mask, self.logit_top_k, self.logit_bins
-            )
+            ).logits
         return F.cross_entropy(logits.float(), response_targets[mask])
 
 
@@ -419,12 +436,13 @@ class SteeringTrainer(SFTTrainer):
                     args.logit_bins,
                     args.cache_batch_size,
                     progress=args.process_index == 0 and not args.disable_tqdm,
-                    store_context=model.heads_config.context_features,
+                    store_context=model.heads.standardize_context,
                     hidden_dtype=args.cache_hidden_dtype,
+                    prompt_layer=model.heads_config.context_layer if model.heads.prompt_pool is not None else None,
                 )
             self.backbone_cache_seconds = time.perf_counter() - cache_started
 
-        if model.heads_config.context_features and not args.init_heads:
+        if model.heads.standardize_context and not args.init_heads:
             self._fit_context_normalization(model, train_examples, processing_class.pad_token_id, args)
 
         import datasets
