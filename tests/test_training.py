@@ -24,11 +24,12 @@ from steerdeco.training import (
     load_trained_model,
     summarize_ordering,
 )
-from steerdeco.training.cache import CACHE_FILE, backbone_outputs, read_cache_metadata
+from steerdeco.training.backbone import backbone_outputs
+from steerdeco.training.cache import CACHE_FILE, read_cache_metadata
 from steerdeco.training.checkpoint import flatten_state, load_state, save_state, unflatten_state
 from steerdeco.training.collator import SteeringCollator, command_split_names, encode_groups, select_split
 from steerdeco.training.synthetic import COMMANDS, synthetic_control_records, synthetic_control_rows
-from steerdeco.training.trainer import MODEL_INPUTS
+from steerdeco.training.model import MODEL_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS_PER_GROUP = 1 + len(COMMANDS)
@@ -65,6 +66,8 @@ def config(tmp_path, **overrides) -> SteeringConfig:
         disable_tqdm=True,
         cache_dir=str(tmp_path / "cache"),
         seed=0,
+        heads_mlp_width=192,
+        heads_context_features=True,
     )
     values.update(overrides)
     return SteeringConfig(**values)
@@ -338,7 +341,7 @@ def test_ranking_space_picks_what_the_margin_compares(tmp_path, train_rows, spac
     trainer = SteeringTrainer(args=config(tmp_path, ranking_space=space), train_dataset=train_rows)
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     outputs = trainer.model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
-    terms = trainer.objective_terms(outputs, inputs)
+    terms = trainer.objective.terms(outputs, inputs)
     mask = inputs["response_mask"].bool()
     values = outputs.temperature.clamp_min(MIN_TEMPERATURE).log() if space == "log" else outputs.temperature
     expected = pairwise_ranking_loss(values, mask, inputs["groups"], inputs["signed_level"], margin=0.1)
