@@ -76,18 +76,9 @@ def jittered(tmp_path_factory, train_rows):
 
 def only(term: str, args) -> SteeringObjective:
     """The objective of ``args`` with ``term`` as its only term (weight 1)."""
-    return SteeringObjective(
-        {term: 1.0},
-        args.autodeco_loss_config(),
-        autodeco_rows=args.autodeco_rows,
-        temperature_margin=args.temperature_margin,
-        top_p_margin=args.top_p_margin,
-        ranking_space=args.ranking_space,
-        ranking_reduction=args.ranking_reduction,
-        low_temperature_ratios=args.low_temperature_ratios,
-        high_temperature_ratios=args.high_temperature_ratios,
-        absolute_temperature_floor=args.absolute_temperature_floor,
-    )
+    objective = SteeringObjective.from_config(args)
+    objective.weights = {term: 1.0}
+    return objective
 
 
 def row_means(trainer, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,4 +164,6 @@ def test_objective_is_built_once_from_the_config_with_the_autodeco_weights(tmp_p
     lora = SteeringObjective.from_config(config(tmp_path, training_mode="lora_joint", lm_loss_weight=0.5))
     assert lora.weights["lm_loss"] == 0.5
     with pytest.raises(ValueError, match="unknown loss terms"):
-        only("entropy_loss", args)
+        SteeringObjective({"entropy_loss": 1.0}, args.autodeco_loss_config(), autodeco_rows="all", temperature_margin=0.1,
+                          top_p_margin=0.1, ranking_space="log", ranking_reduction="token", low_temperature_ratios=[0.5],
+                          high_temperature_ratios=[2.0], absolute_temperature_floor=0.05)
