@@ -232,7 +232,6 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )
-
     final_ordering_report: bool = field(
         default=True,
         metadata={
