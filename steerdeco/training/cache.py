@@ -83,6 +83,7 @@ class BackboneCache:
 
     @property
     def num_bins(self) -> int:
+        """Tail bins of the compressed logits."""
         return self.bin_counts.shape[1]
 
     @property
@@ -148,6 +149,7 @@ class BackboneCache:
         return take(self.hidden), None if self.context is None else take(self.context), slots
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write every tensor and the fingerprint to one safetensors file, atomically."""
         tensors = {
             "hidden": self.hidden,
             "slot_values": self.slot_values,
@@ -196,6 +198,7 @@ def _memory_mapped_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def read_cache_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a cache file (``format``, ``fingerprint``, ``top_k``) without reading its tensors."""
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
 

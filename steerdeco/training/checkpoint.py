@@ -124,6 +124,7 @@ def save_state(directory: str | os.PathLike, name: str, obj: Any) -> None:
 
 
 def has_state(directory: str | os.PathLike, name: str) -> bool:
+    """Whether ``directory`` holds both files :func:`save_state` writes for ``name``."""
     directory = Path(directory)
     return (directory / f"{name}.json").is_file() and (directory / f"{name}.safetensors").is_file()
 

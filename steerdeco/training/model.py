@@ -104,13 +104,16 @@ class SteeringModel(nn.Module):
 
     @property
     def config(self):
+        """The base model's config (the Trainer reads it)."""
         return self.autodeco.config
 
     @property
     def generation_config(self):
+        """The base model's generation config."""
         return self.autodeco.generation_config
 
     def add_model_tags(self, tags) -> None:
+        """Tag the base model as trl does (when it takes tags)."""
         base = self.autodeco.base_model
         if hasattr(base, "add_model_tags"):
             base.add_model_tags(tags)
