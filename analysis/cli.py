@@ -362,8 +362,8 @@ def default_model(heads_dir: Path) -> str:
 
 
 def load_base(name: str, from_heads: bool = False):
-    """``(model, tokenizer)`` of ``embedded``, ``tiny`` or a local folder (:func:`steerdeco.training.load_base_model`)."""
-    from steerdeco.training import load_base_model
+    """``(model, tokenizer)`` of ``embedded``, ``tiny`` or a local folder (:func:`steerdeco.loading.load_base_model`)."""
+    from steerdeco.loading import load_base_model
 
     if name not in ("embedded", "tiny") and not Path(name).is_dir():
         where = f"the heads config names base model {name!r}" if from_heads else f"--model {name!r}"
@@ -392,7 +392,7 @@ def check_hidden_size(heads_dir: Path, base, model_name: str) -> None:
 
 def attach_heads(heads_dir: Path, base, model_name: str):
     """The trained model: heads (and the LoRA adapter, if any) of ``heads_dir`` on ``base``."""
-    from steerdeco.training import load_trained_model
+    from steerdeco.loading import load_trained_model
 
     check_hidden_size(heads_dir, base, model_name)
     try:

@@ -71,6 +71,8 @@ def measure(size: int, args: argparse.Namespace, base, tokenizer, tmp: str) -> d
         logging_steps=1000,
         disable_tqdm=True,
         final_ordering_report=False,
+        heads_mlp_width=192,
+        heads_context_features=True,
     )
     trainer = SteeringTrainer(
         args=config,

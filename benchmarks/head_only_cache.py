@@ -41,14 +41,7 @@ def main(args: argparse.Namespace) -> float:
     else:
         rows = select_split(synthetic_control_rows(num_prompts=12, num_eval_prompts=0, response_repeats=2), "train")
     base, tokenizer = load_embedded_model()
-    model = AutoDecoModel(  # the heads the steering configs train (SteeringConfig's defaults)
-        base,
-        HeadsConfig(
-            hidden_size=base.config.hidden_size,
-            mlp_width=SteeringConfig.heads_mlp_width,
-            context_features=SteeringConfig.heads_context_features,
-        ),
-    )
+    model = AutoDecoModel(base, HeadsConfig(hidden_size=base.config.hidden_size, mlp_width=192, context_features=True))
     with tempfile.TemporaryDirectory() as tmp:
 
         def trainer(cache: bool) -> SteeringTrainer:

@@ -188,10 +188,9 @@ def main(args: argparse.Namespace) -> int:
     from analysis.cli import run_analysis
 
     from .control import BuildConfig, build_control_data, load_control_data
-    from .embedded import load_embedded_model
     from .io import atomic_write_text
+    from .loading import EMBEDDED, load_base_model, load_trained_model
     from .train import main as train
-    from .training import load_trained_model
     from .training.cache import CACHE_FILE, BackboneCache
     from .training.evaluation import summarize_ordering
 
@@ -203,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
     data = folder / "control_data"
     config = training_config(args, data, folder)
     started = time.perf_counter()
-    base, tokenizer = load_embedded_model(dtype=config.backbone_torch_dtype)
+    base, tokenizer = load_base_model(EMBEDDED, config.backbone_torch_dtype)
     timings["load model"] = time.perf_counter() - started
     logger.info("base model in %s", config.backbone_torch_dtype)
 

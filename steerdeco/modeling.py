@@ -52,6 +52,11 @@ class AutoDecoOutput:
 
 
 def base_hidden_size(base_model: nn.Module) -> int:
+    """``hidden_size`` of the base model's text config (the width ``H`` of the heads' input).
+
+    Raises:
+        ValueError: the config names none.
+    """
     config = base_model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     size = getattr(text_config, "hidden_size", None)

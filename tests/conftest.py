@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from steerdeco.testing import tiny_model_and_tokenizer
+from steerdeco.training.collator import select_split
+from steerdeco.training.synthetic import synthetic_control_rows
 
 
 @pytest.fixture
@@ -35,3 +37,19 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def control_rows():
+    """Synthetic control rows: 6 prompts (4 train, 2 eval) under every command variant."""
+    return synthetic_control_rows(num_prompts=6, num_eval_prompts=2)
+
+
+@pytest.fixture(scope="module")
+def train_rows(control_rows):
+    return select_split(control_rows, "train")
+
+
+@pytest.fixture(scope="module")
+def eval_rows(control_rows):
+    return select_split(control_rows, "eval")

@@ -5,7 +5,6 @@ from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME
 from steerdeco.heads import running_context
 from steerdeco.testing import tiny_model
-from steerdeco.training import SteeringConfig
 
 
 def labels_for(batch):
@@ -89,7 +88,7 @@ def test_save_and_load_round_trip_writes_heads_only(tiny, chat_batch, tmp_path):
 
 @pytest.mark.parametrize(
     "heads",
-    [{}, {"context_features": True, "mlp_width": SteeringConfig.heads_mlp_width}],
+    [{}, {"context_features": True, "mlp_width": 192}],
     ids=["autodeco", "steering-default"],
 )
 def test_heads_checkpoint_for_smollm2_size_is_under_2_mb(tmp_path, heads):
@@ -281,5 +280,7 @@ def test_prompt_attention_options_are_checked():
     config = HeadsConfig(hidden_size=64, context_features=True, context_pooling="prompt_attention", context_layer=9)
     with pytest.raises(ValueError, match=r"context_layer 9 is not a decoder layer of this model \(it has layers 1\.\.2\)"):
         AutoDecoModel(tiny_model(), config)
-    with pytest.raises(ValueError, match="heads_context_pooling=prompt_attention needs heads_context_features=true"):
+    from steerdeco.training import SteeringConfig
+
+    with pytest.raises(ValueError, match="heads_context_pooling='prompt_attention' needs context_features=True"):
         SteeringConfig(output_dir="x", heads_context_features=False, heads_context_pooling="prompt_attention")

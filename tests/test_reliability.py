@@ -18,12 +18,14 @@ from steerdeco.io import OUTPUT_MARKER, atomic_write_text, read_yaml_options
 from steerdeco.testing import tiny_model, tiny_model_and_tokenizer
 from steerdeco.train import cli
 from steerdeco.training import SteeringConfig, SteeringTrainer, load_trained_model
+from steerdeco.training import model as model_module
 from steerdeco.training import trainer as trainer_module
 from steerdeco.training.synthetic import synthetic_control_records
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_TRAIN = dict(model_name_or_path="tiny", max_steps=2, logit_top_k=32, logit_bins=8, per_device_train_batch_size=2,
-                  save_strategy="no", disable_tqdm=True, final_ordering_report=False, seed=0)
+                  save_strategy="no", disable_tqdm=True, final_ordering_report=False, seed=0, heads_mlp_width=192,
+                  heads_context_features=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +72,7 @@ def no_model_load(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(trainer_module, "load_base_model", fail)
+    monkeypatch.setattr(model_module, "load_base_model", fail)
 
 
 # -- 3. bad training settings fail before anything is loaded -------------------------------------

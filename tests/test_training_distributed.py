@@ -63,7 +63,7 @@ dist.init_process_group("gloo")
 rank = dist.get_rank()
 mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 args = SteeringConfig(output_dir=out, model_name_or_path="tiny", training_mode=mode, seed=0, heads_mlp_width=32,
-                      report_to="none")
+                      heads_context_features=True, report_to="none")
 model, tokenizer = build_model(args)
 for layer in model.base_model.get_base_model().model.layers if mode == "lora_joint" else model.base_model.model.layers:
     fully_shard(layer, mesh=mesh)

@@ -32,26 +32,20 @@ CACHE_FILE = "responses.jsonl"
 
 
 def load_model(spec: str = "embedded"):
-    """``(model, tokenizer)`` for generation: ``embedded`` (SmolLM2, offline) or a local HF model folder.
+    """``(model, tokenizer)`` for generation: ``embedded`` (SmolLM2, offline) or a local HF model folder
+    (:func:`steerdeco.loading.load_base_model`).
 
     Raises:
         ControlDataError: ``spec`` is neither ``embedded`` nor a folder with a model.
     """
-    if spec == "embedded":
-        from steerdeco.embedded import load_embedded_model
-
-        return load_embedded_model()
-    path = Path(spec)
-    if not (path / "config.json").is_file():
+    if spec != "embedded" and not (Path(spec) / "config.json").is_file():
         raise ControlDataError(
             f"--model {spec!r}: expected 'embedded' or a local Hugging Face model folder with a config.json "
             "(models are never downloaded)"
         )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from steerdeco.loading import load_base_model
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return model.eval(), tokenizer
+    return load_base_model(spec)
 
 
 def cache_key(messages: Sequence[dict], settings: Mapping[str, object]) -> str:

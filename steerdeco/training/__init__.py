@@ -9,18 +9,21 @@ The command line is ``python -m steerdeco.train --config configs/head_only.yaml`
 :mod:`steerdeco.train`).
 """
 
+from ..loading import load_base_model, load_trained_model
 from .cache import BackboneCache, build_backbone_cache, load_or_build_cache
-from .checkpoint import load_trained_model
 from .collator import SteeringCollator, encode_groups, load_control_rows, select_split
 from .config import SteeringConfig
 from .evaluation import evaluate_ordering, summarize_ordering
-from .trainer import SteeringModel, SteeringTrainer, build_model, load_base_model
+from .model import SteeringModel, build_model
+from .objective import SteeringObjective
+from .trainer import SteeringTrainer
 
 __all__ = [
     "BackboneCache",
     "SteeringCollator",
     "SteeringConfig",
     "SteeringModel",
+    "SteeringObjective",
     "SteeringTrainer",
     "build_backbone_cache",
     "build_model",

@@ -28,12 +28,12 @@ from safetensors.torch import load_file, save_file
 
 from ..config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME
 from ..io import atomic_write_text, atomic_write_with, read_json_file
+from ..loading import ADAPTER_DIR, ADAPTER_WEIGHTS, read_adapter
 from ..modeling import AutoDecoModel, read_heads
+from .lora import is_peft
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 OPTIMIZER_STATE = "optimizer"
 SCHEDULER_STATE = "scheduler"
 RNG_STATE = "rng_state"
@@ -124,6 +124,7 @@ def save_state(directory: str | os.PathLike, name: str, obj: Any) -> None:
 
 
 def has_state(directory: str | os.PathLike, name: str) -> bool:
+    """Whether ``directory`` holds both files :func:`save_state` writes for ``name``."""
     directory = Path(directory)
     return (directory / f"{name}.json").is_file() and (directory / f"{name}.safetensors").is_file()
 
@@ -209,9 +210,7 @@ def set_rng_state(state: dict) -> None:
 
 # -- weights --------------------------------------------------------------------------------------
 def _peft_model(model: AutoDecoModel):
-    from peft import PeftModel
-
-    return model.base_model if isinstance(model.base_model, PeftModel) else None
+    return model.base_model if is_peft(model.base_model) else None
 
 
 def save_trained(model: AutoDecoModel, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
@@ -289,29 +288,3 @@ def load_trained_into(model: AutoDecoModel, directory: str | os.PathLike) -> Non
         result = set_peft_model_state_dict(peft_model, read_adapter(adapter))
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{adapter} does not match the model's adapter: unexpected {result.unexpected_keys}")
-
-
-def read_adapter(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a LoRA adapter file; a ValueError naming the file when it is unreadable or truncated."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"LoRA adapter {path} is not a readable safetensors file ({error}); re-save it") from error
-
-
-def load_trained_model(directory: str | os.PathLike, base_model) -> AutoDecoModel:
-    """The model a training run saved in ``directory``, on ``base_model`` (heads; plus adapter if present).
-
-    For a LoRA-joint run the adapter in ``DIRECTORY/adapter`` is attached to ``base_model`` with peft
-    first; the result is ready for ``generate`` and evaluation.
-    """
-    directory = Path(directory)
-    read_heads(directory, base_model)  # refuse heads of another base model before touching it
-    adapter = directory / ADAPTER_DIR
-    if (adapter / ADAPTER_WEIGHTS).is_file():
-        from peft import PeftModel
-
-        read_adapter(adapter / ADAPTER_WEIGHTS)  # a truncated file: an error naming it, not peft's traceback
-        base_model = PeftModel.from_pretrained(base_model, str(adapter))
-        base_model.eval()
-    return AutoDecoModel.from_pretrained(directory, base_model)

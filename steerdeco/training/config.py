@@ -2,9 +2,13 @@
 
 Every field can be set in a YAML file (``python -m steerdeco.train --config FILE``) or as a flag
 (``--temperature_margin 0.2``). Fields added here choose the model and data, the training mode
-(heads only, optionally from a cache of the frozen backbone, or LoRA + heads), and the weight of
-each term of the objective; fields inherited from ``SFTConfig``/``TrainingArguments`` keep their
-meaning, with a few defaults changed (see the class docstring).
+(heads only, optionally from a cache of the frozen backbone, or LoRA + heads) and the heads; the
+objective's fields come from :class:`~steerdeco.training.objective.ObjectiveArguments`, LoRA's from
+:class:`~steerdeco.training.lora.LoraArguments`. Fields inherited from
+``SFTConfig``/``TrainingArguments`` keep their meaning, with a few defaults changed (see the class
+docstring). Sub-configs are built by one method each, validated once here: :meth:`SteeringConfig.heads_config`
+(defaults and checks are :class:`~steerdeco.config.HeadsConfig`'s) and
+:meth:`~steerdeco.training.objective.ObjectiveArguments.autodeco_loss_config`.
 """
 
 from __future__ import annotations
@@ -16,16 +20,36 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
-from ..config import CONTEXT_POOLINGS
+from ..config import HeadsConfig
 from .cache import HIDDEN_DTYPES
+from .lora import LoraArguments
+from .objective import ObjectiveArguments
 
 TRAINING_MODES = ("head_only", "lora_joint")
 TRAIN_HEADS = ("both", "temperature", "top_p")
-AUTODECO_ROWS = ("uncommanded", "all")
-REDUCTIONS = ("token", "sequence")
-RANKING_SPACES = ("linear", "log")
 BACKBONE_DTYPES = ("float32", "bfloat16", "auto")
 OVERLONG_ROWS = ("error", "truncate", "skip")
+
+
+# HeadsConfig field -> the SteeringConfig field that sets it
+HEADS_FIELDS = {
+    "mlp_width": "heads_mlp_width",
+    "max_temperature": "heads_max_temperature",
+    "top_p_features": "heads_top_p_features",
+    "context_features": "heads_context_features",
+    "steering_width": "heads_steering_width",
+    "steering_linear": "heads_steering_linear",
+    "context_in_mlp": "heads_context_in_mlp",
+    "context_pooling": "heads_context_pooling",
+    "context_layer": "heads_context_layer",
+    "pool_width": "heads_pool_width",
+}
+
+
+def _heads_field(name: str):
+    """The ``heads_*`` field of HeadsConfig field ``name``: its default and its help, read from HeadsConfig."""
+    source = HeadsConfig.__dataclass_fields__[name]
+    return field(default=source.default, metadata={"help": f"HeadsConfig.{name}: {source.metadata['help']}"})
 
 
 def fast_bf16_available() -> bool:
@@ -51,7 +75,7 @@ def _multi_process_without_accelerator() -> bool:
 
 
 @dataclass
-class SteeringConfig(SFTConfig):
+class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     """Configuration of :class:`~steerdeco.training.SteeringTrainer`.
 
     Defaults changed from ``SFTConfig``: ``learning_rate=1e-3`` (heads are small MLPs),
@@ -62,17 +86,7 @@ class SteeringConfig(SFTConfig):
     machine without accelerator (``torchrun``/``accelerate launch`` on CPU) set ``use_cpu=True``, so
     the Trainer uses DDP over gloo.
 
-    The objective is a weighted sum::
-
-        temperature_loss_weight * autodeco_T + top_p_loss_weight * autodeco_P
-        + temperature_ranking_weight * rank_T + top_p_ranking_weight * rank_P
-        + placebo_weight * (placebo_T + placebo_P)
-        + temperature_ratio_weight * ratio_T            (commanded rows: log T_cmd = log T_none + log ratio(level))
-        + absolute_weight * absolute_T                  (rows naming a temperature X: log T toward log max(X, floor))
-        + top_p_absolute_weight * absolute_P            (rows naming a top-p X: P toward X)
-        + lm_loss_weight * lm (lora_joint only)
-
-    Terms of a head that is not trained (``train_heads``) are left out.
+    The objective: :mod:`steerdeco.training.objective`.
     """
 
     # -- defaults changed from SFTConfig ----------------------------------------------------------
@@ -210,162 +224,19 @@ class SteeringConfig(SFTConfig):
         },
     )
 
-    # -- heads ----------------------------------------------------------------------------------
-    heads_mlp_width: int = field(
-        default=192,
-        metadata={
-            "help": "Hidden width of each head's MLP (AutoDeco uses 256; 192 keeps heads with context features "
-            "for SmolLM2-135M under 2 MB)."
-        },
-    )
-    heads_max_temperature: float = field(default=2.0, metadata={"help": "T = max_temperature * sigmoid(MLP(h))."})
-    heads_top_p_features: bool = field(
-        default=True, metadata={"help": "Feed the top-p head AutoDeco's four probability features."}
-    )
-    heads_context_features: bool = field(
-        default=True,
-        metadata={
-            "help": "Feed both heads the running mean of the last hidden state up to each token as well as the "
-            "token's own state (HeadsConfig.context_features), so the command in the prompt reaches every "
-            "token directly. false: AutoDeco's heads exactly."
-        },
-    )
-    heads_steering_width: int = field(
-        default=0,
-        metadata={
-            "help": "Width of each head's steering path (HeadsConfig.steering_width): an MLP on the context alone "
-            "whose output shifts the head's logit for every token of the reply. 0: none. Needs heads_context_features."
-        },
-    )
-    heads_steering_linear: bool = field(
-        default=False, metadata={"help": "HeadsConfig.steering_linear: a linear steering path instead of an MLP."}
-    )
-    heads_context_in_mlp: bool = field(
-        default=True,
-        metadata={"help": "HeadsConfig.context_in_mlp: feed the context to the heads' own MLPs too (not only the steering path)."},
-    )
-    heads_context_pooling: str = field(
-        default="running_mean",
-        metadata={
-            "help": "HeadsConfig.context_pooling: the context is the 'running_mean' of the last hidden state, or "
-            "'prompt_attention', a learned attention pooling of the prompt's states (one vector per reply).",
-            "choices": ["running_mean", "prompt_attention"],
-        },
-    )
-    heads_context_layer: int = field(
-        default=0,
-        metadata={"help": "HeadsConfig.context_layer: with prompt_attention, the decoder layer whose states are pooled (0: the last hidden state)."},
-    )
-    heads_pool_width: int = field(default=64, metadata={"help": "HeadsConfig.pool_width: width of the prompt attention's scoring MLP."})
+    # -- heads (defaults: HeadsConfig's, the one set) ----------------------------------------------
+    heads_mlp_width: int = _heads_field("mlp_width")
+    heads_max_temperature: float = _heads_field("max_temperature")
+    heads_top_p_features: bool = _heads_field("top_p_features")
+    heads_context_features: bool = _heads_field("context_features")
+    heads_steering_width: int = _heads_field("steering_width")
+    heads_steering_linear: bool = _heads_field("steering_linear")
+    heads_context_in_mlp: bool = _heads_field("context_in_mlp")
+    heads_context_pooling: str = _heads_field("context_pooling")
+    heads_context_layer: int = _heads_field("context_layer")
+    heads_pool_width: int = _heads_field("pool_width")
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
-    )
-
-    # -- AutoDeco objective ---------------------------------------------------------------------
-    temperature_loss_weight: float = field(
-        default=1.0, metadata={"help": "Weight of AutoDeco's temperature loss (CE of logits / T)."}
-    )
-    top_p_loss_weight: float = field(default=1.0, metadata={"help": "Weight of AutoDeco's soft top-p loss."})
-    easy_token_fraction: float = field(
-        default=0.6, metadata={"help": "Share of easy positions (base argmax == target) dropped from the T loss."}
-    )
-    dft: bool = field(default=True, metadata={"help": "Weight AutoDeco's losses by the base target probability."})
-    top_p_steepness: float = field(default=30.0, metadata={"help": "Steepness of the soft top-p mask."})
-    autodeco_rows: str = field(
-        default="uncommanded",
-        metadata={
-            "help": "Rows the AutoDeco losses see: 'uncommanded' (no-command and placebo variants, whose response "
-            "is the model's own) or 'all' variants.",
-            "choices": list(AUTODECO_ROWS),
-        },
-    )
-
-    # -- steering objective ---------------------------------------------------------------------
-    temperature_ranking_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the pairwise ranking loss on T (low < none < high, by level)."}
-    )
-    top_p_ranking_weight: float = field(default=1.0, metadata={"help": "Weight of the pairwise ranking loss on P."})
-    temperature_margin: float = field(
-        default=0.1,
-        metadata={
-            "help": "Margin by which each higher-level variant's T must exceed the lower one's (in log T with "
-            "ranking_space='log': 0.1 is a ratio of about 1.105)."
-        },
-    )
-    top_p_margin: float = field(default=0.05, metadata={"help": "Margin of the ranking loss on P."})
-    ranking_reduction: str = field(
-        default="token",
-        metadata={
-            "help": "Compare variants position by position ('token') or on response means ('sequence'); also "
-            "used by the placebo and absolute-target terms.",
-            "choices": list(REDUCTIONS),
-        },
-    )
-    ranking_space: str = field(
-        default="log",
-        metadata={
-            "help": "Compare variants on the values themselves ('linear': a margin is an absolute difference) or on "
-            "log T and logit P ('log': a margin on T is a ratio, log(T_high / T_low) >= margin; on P a step in "
-            "log-odds, which leaves room above a P near 1). 'log' keeps the ranking satisfiable when the calibrated T "
-            "is small and the graded levels need room below it.",
-            "choices": list(RANKING_SPACES),
-        },
-    )
-    temperature_ratio_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of the level-ratio term: every low/high row's log T is regressed toward its group's "
-            "no-command log T plus log(ratio of its level) (low_temperature_ratios / high_temperature_ratios), token "
-            "by token. 0: off (ranking only)."
-        },
-    )
-    low_temperature_ratios: list[float] = field(
-        default_factory=lambda: [0.7, 0.4, 0.1],
-        metadata={"help": "T ratio (command / no command) asked of low levels 1, 2, 3, ... by the level-ratio term."},
-    )
-    high_temperature_ratios: list[float] = field(
-        default_factory=lambda: [1.3, 1.6, 2.0],
-        metadata={"help": "T ratio asked of high levels 1, 2, 3, ... by the level-ratio term."},
-    )
-    placebo_weight: float = field(
-        default=0.1,
-        metadata={
-            "help": "Weight of |T_placebo - T_none| + |P_placebo - P_none|. Kept small: at 1.0 this per-token pull "
-            "toward invariance to any instruction outweighs the ranking and the heads stop telling commands apart."
-        },
-    )
-    absolute_weight: float = field(
-        default=0.1,
-        metadata={
-            "help": "Weight of (log T - log max(target, absolute_temperature_floor))^2 for commands naming a target "
-            "temperature."
-        },
-    )
-    absolute_temperature_floor: float = field(
-        default=0.05,
-        metadata={"help": "A named temperature below this (0: 'no randomness') is asked as this value in log space."},
-    )
-    top_p_absolute_weight: float = field(
-        default=0.0, metadata={"help": "Weight of (P - target)^2 for commands naming a top-p value."}
-    )
-
-    # -- LoRA-joint mode ------------------------------------------------------------------------
-    lm_loss_weight: float = field(
-        default=1.0, metadata={"help": "lora_joint: weight of the language-modelling loss on the responses."}
-    )
-    lora_r: int = field(default=8, metadata={"help": "lora_joint: LoRA rank."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "lora_joint: LoRA alpha."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "lora_joint: LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "lora_joint: names of the backbone modules that get LoRA adapters."},
-    )
-    lora_layers: int | None = field(
-        default=None,
-        metadata={
-            "help": "lora_joint: put adapters on the top N decoder layers only (None: all layers). Backpropagation "
-            "then stops below them, which makes a step much cheaper on CPU."
-        },
     )
     final_ordering_report: bool = field(
         default=True,
@@ -393,6 +264,11 @@ class SteeringConfig(SFTConfig):
         super().__post_init__()
         if isinstance(self.dataset_kwargs, dict):
             self.dataset_kwargs["skip_prepare_dataset"] = True
+
+    def heads_config(self, hidden_size: int) -> HeadsConfig:
+        """The heads this run trains, on a base model of ``hidden_size`` (validated by HeadsConfig)."""
+        settings = {name: getattr(self, steering_field) for name, steering_field in HEADS_FIELDS.items()}
+        return HeadsConfig(hidden_size=hidden_size, base_model=self.model_name_or_path, **settings)
 
     @property
     def backbone_torch_dtype(self) -> torch.dtype:
@@ -433,44 +309,10 @@ class SteeringConfig(SFTConfig):
 
         choice("training_mode", TRAINING_MODES)
         choice("train_heads", TRAIN_HEADS)
-        choice("autodeco_rows", AUTODECO_ROWS)
-        choice("ranking_reduction", REDUCTIONS)
-        choice("ranking_space", RANKING_SPACES)
         choice("backbone_dtype", BACKBONE_DTYPES)
         choice("overlong_rows", OVERLONG_ROWS)
         self._check_run_fields()
-        weights = (
-            "temperature_loss_weight",
-            "top_p_loss_weight",
-            "temperature_ranking_weight",
-            "top_p_ranking_weight",
-            "placebo_weight",
-            "absolute_weight",
-            "temperature_ratio_weight",
-            "top_p_absolute_weight",
-            "lm_loss_weight",
-            "temperature_margin",
-            "top_p_margin",
-        )
-        for name in weights:
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("low_temperature_ratios", "high_temperature_ratios"):
-            ratios = getattr(self, name)
-            if not ratios or not all(isinstance(r, int | float) and math.isfinite(r) and r > 0 for r in ratios):
-                raise ValueError(f"{name} must be a non-empty list of positive numbers, got {ratios!r}")
-        if not all(r < 1 for r in self.low_temperature_ratios) or not all(r > 1 for r in self.high_temperature_ratios):
-            raise ValueError(
-                f"low_temperature_ratios must be < 1 and high_temperature_ratios > 1, got {self.low_temperature_ratios} "
-                f"and {self.high_temperature_ratios}"
-            )
-        if not self.absolute_temperature_floor > 0:
-            raise ValueError(f"absolute_temperature_floor must be > 0, got {self.absolute_temperature_floor}")
-        if not 0.0 <= self.easy_token_fraction <= 1.0:
-            raise ValueError(f"easy_token_fraction must be in [0, 1], got {self.easy_token_fraction}")
-        if self.top_p_steepness <= 0:
-            raise ValueError(f"top_p_steepness must be > 0, got {self.top_p_steepness}")
+        self._check_objective_fields()
         if self.backbone_cache and self.training_mode != "head_only":
             raise ValueError(
                 "backbone_cache=True needs training_mode='head_only': with LoRA the backbone changes every step, so "
@@ -489,37 +331,14 @@ class SteeringConfig(SFTConfig):
         choice("cache_hidden_dtype", tuple(HIDDEN_DTYPES))
         if self.cache_batch_size < 1:
             raise ValueError(f"cache_batch_size must be >= 1, got {self.cache_batch_size}")
-        if self.heads_steering_width < 0 or (self.heads_steering_width and not self.heads_context_features):
-            raise ValueError(
-                f"heads_steering_width must be >= 0 and needs heads_context_features=true, got {self.heads_steering_width}"
-            )
-        if self.heads_mlp_width < 1:
-            raise ValueError(f"heads_mlp_width must be >= 1, got {self.heads_mlp_width}")
-        choice("heads_context_pooling", CONTEXT_POOLINGS)
-        if self.heads_context_pooling == "prompt_attention" and not self.heads_context_features:
-            raise ValueError("heads_context_pooling=prompt_attention needs heads_context_features=true")
-        if self.heads_context_layer < 0 or (self.heads_context_layer and self.heads_context_pooling != "prompt_attention"):
-            raise ValueError(
-                f"heads_context_layer must be >= 0 (0: the last hidden state) and is read by "
-                f"heads_context_pooling=prompt_attention only, got {self.heads_context_layer}"
-            )
-        if self.heads_pool_width < 1:
-            raise ValueError(f"heads_pool_width must be >= 1, got {self.heads_pool_width}")
-        if not self.heads_max_temperature > 0:
-            raise ValueError(f"heads_max_temperature must be > 0, got {self.heads_max_temperature}")
+        try:  # HeadsConfig's own checks, once; the hidden size comes with the model
+            self.heads_config(hidden_size=1)
+        except ValueError as error:
+            raise ValueError(f"heads_{error} (set the heads_* fields)") from None
         if self.train_split == self.eval_split:
             raise ValueError(f"train_split and eval_split must differ, both are {self.train_split!r}")
         if self.training_mode == "lora_joint":
-            if self.lora_r < 1:
-                raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
-            if not self.lora_alpha > 0:
-                raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-            if not 0.0 <= self.lora_dropout < 1.0:
-                raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-            if self.lora_layers is not None and self.lora_layers < 1:
-                raise ValueError(f"lora_layers must be >= 1 or None, got {self.lora_layers}")
-            if not self.lora_target_modules:
-                raise ValueError("lora_target_modules must name at least one module for training_mode='lora_joint'")
+            self._check_lora_fields()
         if self.push_to_hub:
             raise ValueError("push_to_hub is not supported: steerdeco trains offline and saves heads locally")
         if self.deepspeed:

@@ -35,25 +35,13 @@ from .checkpoint import (
     missing_checkpoint_files,
 )
 from .collator import check_columns, load_control_rows
+from .config import HEADS_FIELDS
 
 logger = logging.getLogger(__name__)
 
 TOOL = "steerdeco.train"
 CACHE_SUBDIR = "backbone_cache"
 LAST = "last"
-# HeadsConfig field -> the SteeringConfig field that sets it
-HEADS_FIELDS = {
-    "mlp_width": "heads_mlp_width",
-    "max_temperature": "heads_max_temperature",
-    "top_p_features": "heads_top_p_features",
-    "context_features": "heads_context_features",
-    "steering_width": "heads_steering_width",
-    "steering_linear": "heads_steering_linear",
-    "context_in_mlp": "heads_context_in_mlp",
-    "context_pooling": "heads_context_pooling",
-    "context_layer": "heads_context_layer",
-    "pool_width": "heads_pool_width",
-}
 
 
 @dataclass
@@ -181,7 +169,7 @@ def check_init_heads_file(args) -> None:
         config, _ = read_heads(args.init_heads, source=source)
     except FileNotFoundError as error:
         raise ValueError(f"{error}; init_heads must be a folder written by AutoDecoModel.save_pretrained") from None
-    check_init_heads(config, {name: getattr(args, field) for name, field in HEADS_FIELDS.items()}, source)
+    check_init_heads(config, heads_settings(args.heads_config(config.hidden_size)), source)
 
 
 def load_rows(args):

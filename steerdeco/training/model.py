@@ -1,0 +1,211 @@
+"""The model a run trains: built from the config, and read at the response positions only.
+
+:func:`build_model` loads the base model (:func:`steerdeco.loading.load_base_model`), gives it the
+training mode's shape (:func:`~steerdeco.training.lora.prepare_backbone`) and fresh heads of
+``SteeringConfig.heads_config``; :func:`prepare_model` does the same to a model the caller built.
+:class:`SteeringModel` is the module the trainer optimises: it runs the heads on the backbone's
+outputs at the response positions, live or from the backbone cache.
+
+Shapes: ``R`` rows (variants), ``N`` response positions (padded), ``K`` real response positions
+(``response_mask`` true), ``H`` hidden size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..loading import load_base_model
+from ..losses import LogitSlots
+from ..modeling import AutoDecoModel, base_hidden_size, read_heads
+from .backbone import backbone_outputs
+from .config import SteeringConfig
+from .lora import is_peft, prepare_backbone
+from .preflight import check_init_heads, heads_settings
+
+
+def prepare_model(model: AutoDecoModel, args: SteeringConfig) -> AutoDecoModel:
+    """Make ``model`` match ``args``: the backbone as the training mode wants it (LoRA added for ``lora_joint``
+    when missing, frozen for ``head_only``), ``init_heads`` loaded, and the heads that are not trained frozen."""
+    if not isinstance(model, AutoDecoModel):
+        raise TypeError(f"SteeringTrainer trains an AutoDecoModel, got {type(model).__name__}")
+    backbone = prepare_backbone(model.base_model, args)
+    if backbone is not model.base_model:  # LoRA was added: a new wrapper around it, the same heads
+        with_lora = AutoDecoModel(backbone, model.heads_config, freeze_base=False)
+        with_lora.heads.load_state_dict(model.heads.state_dict())
+        model = with_lora
+    if args.init_heads:
+        source = f"init_heads {args.init_heads}"
+        config, state = read_heads(args.init_heads, model.base_model, source=source)
+        check_init_heads(config, heads_settings(model.heads_config), source)
+        model.heads.load_state_dict(state)
+    model.heads.requires_grad_(True)
+    model.temperature_head.requires_grad_(args.train_heads in ("both", "temperature"))
+    model.top_p_head.requires_grad_(args.train_heads in ("both", "top_p"))
+    return model
+
+
+def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
+    """``(AutoDecoModel, tokenizer)`` from ``args.model_name_or_path`` with fresh heads (seeded with ``args.seed``)."""
+    from transformers import set_seed
+
+    base, tokenizer = load_base_model(args.model_name_or_path, args.backbone_torch_dtype)
+    set_seed(args.seed)
+    base = prepare_backbone(base, args)  # LoRA's initial weights draw from the seeded RNG before the heads'
+    model = AutoDecoModel(base, args.heads_config(base_hidden_size(base)), freeze_base=False)
+    return prepare_model(model, args), tokenizer
+
+
+@dataclass
+class SteeringOutput:
+    """Heads along the responses: ``temperature``/``top_p [R, N]`` (0 on padding), ``slots`` for the ``K``
+    masked positions (row-major), ``lm_loss`` (lora_joint) or None."""
+
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    slots: LogitSlots
+    lm_loss: torch.Tensor | None = None
+
+
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "response_positions",
+    "response_targets",
+    "response_mask",
+    "hidden",
+    "context",
+    "slot_values",
+    "slot_counts",
+    "target_value",
+    "target_slot",
+    "prompt_states",
+    "prompt_mask",
+)
+
+
+class SteeringModel(nn.Module):
+    """The module the trainer optimises: an AutoDecoModel evaluated at the response positions.
+
+    ``forward`` takes the collator's batch: either ``input_ids``/``attention_mask`` plus
+    ``response_positions``/``response_targets`` (the backbone runs; without grad when it is frozen),
+    or the cached ``hidden``/``context``/``slot_*``/``target_*`` tensors (heads only). In both cases the heads
+    see the hidden state and the (compressed) logit slots of each response position, so training
+    from the cache and through the backbone compute the same thing.
+    """
+
+    def __init__(self, autodeco: AutoDecoModel, logit_top_k: int = 256, logit_bins: int = 64, lm_loss: bool = False):
+        super().__init__()
+        self.autodeco = autodeco
+        self.logit_top_k, self.logit_bins = logit_top_k, logit_bins
+        self.compute_lm_loss = lm_loss
+
+    @property
+    def config(self):
+        """The base model's config (the Trainer reads it)."""
+        return self.autodeco.config
+
+    @property
+    def generation_config(self):
+        """The base model's generation config."""
+        return self.autodeco.generation_config
+
+    def add_model_tags(self, tags) -> None:
+        """Tag the base model as trl does (when it takes tags)."""
+        base = self.autodeco.base_model
+        if hasattr(base, "add_model_tags"):
+            base.add_model_tags(tags)
+
+    def _backbone_is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.autodeco.base_model.parameters())
+
+    def forward(
+        self,
+        response_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        response_positions: torch.Tensor | None = None,
+        response_targets: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        slot_values: torch.Tensor | None = None,
+        slot_counts: torch.Tensor | None = None,
+        target_value: torch.Tensor | None = None,
+        target_slot: torch.Tensor | None = None,
+        prompt_states: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> SteeringOutput:
+        """Heads along the responses of one batch of ``R`` rows.
+
+        Args:
+            response_mask: ``[R, N]``, 1 at the real response positions.
+            input_ids, attention_mask: ``[R, L]`` prompt + response tokens (live backbone).
+            response_positions, response_targets: ``[R, N]`` where each response position sits in
+                ``input_ids`` and the token it predicts (live backbone).
+            hidden, context: ``[R, N, H]`` cached last hidden states and running context (head-only).
+            slot_values, slot_counts: ``[R, N, M]`` cached compressed logits; target_value,
+                target_slot: ``[R, N]`` (head-only).
+            prompt_states, prompt_mask: ``[R, P, H]`` / ``[R, P]`` cached prompt states, for heads with
+                ``prompt_attention`` (head-only; a live backbone reads them itself).
+
+        Returns:
+            A :class:`SteeringOutput`; ``lm_loss`` only for a live backbone with ``lm_loss=True``.
+        """
+        mask = response_mask.bool()
+        lm_loss = None
+        pooling = self.autodeco.heads.prompt_pool is not None
+        if hidden is not None:
+            flat_hidden = hidden[mask]
+            flat_context = None if context is None else context[mask]
+            slots = LogitSlots(slot_values[mask], slot_counts[mask], target_value[mask], target_slot[mask].long())
+            if pooling and prompt_states is None:
+                raise ValueError("heads with prompt_attention need the prompt states: this backbone cache has none; rebuild it")
+        else:
+            if input_ids is None or response_positions is None or response_targets is None:
+                raise ValueError("SteeringModel needs either cached backbone outputs or input_ids with response positions")
+            grad = torch.enable_grad() if self._backbone_is_trainable() else torch.no_grad()
+            with grad:
+                out = backbone_outputs(
+                    self.autodeco.base_model,
+                    input_ids,
+                    attention_mask,
+                    response_positions,
+                    response_targets,
+                    mask,
+                    self.logit_top_k,
+                    self.logit_bins,
+                    prompt_layer=self.autodeco.heads_config.context_layer if pooling else None,
+                )
+            flat_hidden, flat_context, slots, logits = out.hidden, out.context, out.slots, out.logits
+            prompt_states, prompt_mask = out.prompt_states, out.prompt_mask
+            if self.compute_lm_loss:
+                lm_loss = F.cross_entropy(logits.float(), response_targets[mask]) if logits.shape[0] else logits.sum() * 0
+        if pooling:  # one pooled prompt per row, given to each of its response positions
+            pooled = self.autodeco.heads.pool_prompt(prompt_states.to(mask.device), prompt_mask.to(mask.device))
+            rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+            flat_context = pooled[rows]
+        temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context)
+        padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
+        return SteeringOutput(
+            temperature=padded.masked_scatter(mask, temperature),
+            top_p=padded.masked_scatter(mask, top_p),
+            slots=slots,
+            lm_loss=lm_loss,
+        )
+
+    @torch.no_grad()
+    def base_lm_loss(self, input_ids, attention_mask, response_positions, response_targets, response_mask) -> torch.Tensor:
+        """Language-modelling loss (a scalar) on the responses with the LoRA adapter disabled (the base model's);
+        arguments as for :meth:`forward`."""
+        base = self.autodeco.base_model
+        context = base.disable_adapter() if is_peft(base) else contextlib.nullcontext()
+        mask = response_mask.bool()
+        with context:
+            logits = backbone_outputs(
+                base, input_ids, attention_mask, response_positions, response_targets, mask, self.logit_top_k, self.logit_bins
+            ).logits
+        return F.cross_entropy(logits.float(), response_targets[mask])

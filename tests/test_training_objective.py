@@ -1,0 +1,169 @@
+"""steerdeco.training.objective: every term moves T and P the way the command says (tiny model)."""
+
+import math
+
+import pytest
+import torch
+from training_setup import config
+
+from steerdeco.heads import MIN_TEMPERATURE
+from steerdeco.ranking import VARIANTS, pairwise_ranking_loss, sequence_means
+from steerdeco.training import SteeringTrainer, evaluate_ordering
+from steerdeco.training.collator import select_split
+from steerdeco.training.model import MODEL_INPUTS
+from steerdeco.training.objective import SteeringObjective
+from steerdeco.training.synthetic import synthetic_control_rows
+
+
+@pytest.mark.parametrize("space", ["linear", "log"])
+def test_ranking_space_picks_what_the_margin_compares(tmp_path, train_rows, space):
+    trainer = SteeringTrainer(args=config(tmp_path, ranking_space=space), train_dataset=train_rows)
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    outputs = trainer.model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
+    terms = trainer.objective.terms(outputs, inputs)
+    mask = inputs["response_mask"].bool()
+    values = outputs.temperature.clamp_min(MIN_TEMPERATURE).log() if space == "log" else outputs.temperature
+    expected = pairwise_ranking_loss(values, mask, inputs["groups"], inputs["signed_level"], margin=0.1)
+    torch.testing.assert_close(terms["ranking_temperature_loss"], expected)
+
+
+def test_log_space_leaves_room_below_a_small_calibrated_temperature():
+    # none at T = 0.15 and three graded low levels: a 0.1 margin per level pair needs T < 0 in linear space
+    levels = torch.tensor([-3.0, -2.0, -1.0, 0.0])
+    groups = torch.zeros(4, dtype=torch.long)
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    temperature = torch.tensor([[0.15 * math.exp(-0.1 * k)] for k in (3, 2, 1, 0)])
+    log_loss = pairwise_ranking_loss(temperature.log(), mask, groups, levels, margin=0.09)
+    linear_loss = pairwise_ranking_loss(temperature, mask, groups, levels, margin=0.09)
+    assert float(log_loss) == 0.0 and float(linear_loss) > 0.0
+
+
+def test_level_ratio_and_named_value_terms_move_t_and_p_where_the_command_says(tmp_path):
+    rows = select_split(synthetic_control_rows(num_prompts=8, num_eval_prompts=2), "train")
+    args = config(tmp_path, max_steps=200, learning_rate=1e-2, per_device_train_batch_size=3, logging_steps=20,
+                  temperature_ranking_weight=0.0, top_p_ranking_weight=0.0, placebo_weight=0.0,  # the new terms alone
+                  temperature_ratio_weight=1.0, absolute_weight=1.0, top_p_absolute_weight=1.0, heads_max_temperature=8.0)
+    trainer = SteeringTrainer(args=args, train_dataset=rows)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "ratio_temperature_loss" in h and "loss" in h]
+    assert logs[-1]["ratio_temperature_loss"] < logs[0]["ratio_temperature_loss"]
+    assert logs[-1]["absolute_top_p_loss"] < logs[0]["absolute_top_p_loss"]
+    report = evaluate_ordering(trainer.autodeco_model, trainer.processing_class, rows)
+    by_command = {}
+    for record in report["rows"]:
+        by_command.setdefault(record.get("command_id") or "none", []).append((record["temperature"], record["top_p"]))
+    mean = {k: [sum(v[i] for v in values) / len(values) for i in (0, 1)] for k, values in by_command.items()}
+    none_t = mean["none"][0]
+    assert math.log(mean["low-2-a"][0] / none_t) < math.log(0.6)  # asked: x 0.4
+    assert math.log(mean["high-2-a"][0] / none_t) > math.log(1.1)  # asked: x 1.6
+    assert abs(mean["named-t"][0] - 1.6) < 0.3 and abs(mean["named-p"][1] - 0.3) < 0.15  # from T 4, P 0.9
+
+
+# -- each term on its own, one head update at a time ----------------------------------------------
+@pytest.fixture(scope="module")
+def jittered(tmp_path_factory, train_rows):
+    """A cached head-only trainer whose heads are jittered (fresh heads predict one T and P everywhere),
+    and one batch of every training group."""
+    args = config(tmp_path_factory.mktemp("objective"), per_device_train_batch_size=4, heads_max_temperature=8.0,
+                  dft=False)  # random tiny model: DFT weights would all be about 1 / vocabulary size
+    trainer = SteeringTrainer(args=args, train_dataset=train_rows)
+    with torch.no_grad():
+        for parameter in trainer.autodeco_model.heads.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    return trainer, batch
+
+
+def only(term: str, args) -> SteeringObjective:
+    """The objective of ``args`` with ``term`` as its only term (weight 1)."""
+    objective = SteeringObjective.from_config(args)
+    objective.weights = {term: 1.0}
+    return objective
+
+
+def row_means(trainer, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(T [R], P [R])``: each row's mean over its response."""
+    with torch.no_grad():
+        outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    mask = batch["response_mask"].bool()
+    return sequence_means(outputs.temperature, mask), sequence_means(outputs.top_p, mask)
+
+
+def commanded_gap(values: torch.Tensor, batch, high: str, low: str) -> float:
+    """Mean of ``values`` on ``high`` rows minus on ``low`` rows."""
+    variant = batch["variant"]
+    return float(values[variant == VARIANTS.index(high)].mean() - values[variant == VARIANTS.index(low)].mean())
+
+
+def distance_to_none(values: torch.Tensor, batch, variant_name: str, log: bool = False) -> float:
+    """Mean over ``variant_name`` rows of ``values - values of their group's no-command row`` (in log if asked)."""
+    values = values.log() if log else values
+    none = {int(g): values[r] for r, g in enumerate(batch["groups"]) if int(batch["variant"][r]) == VARIANTS.index("none")}
+    rows = [r for r in range(len(values)) if int(batch["variant"][r]) == VARIANTS.index(variant_name)]
+    return float(torch.stack([values[r] - none[int(batch["groups"][r])] for r in rows]).mean())
+
+
+def target_error(values: torch.Tensor, targets: torch.Tensor, log: bool = False) -> float:
+    named = ~targets.isnan()
+    if log:
+        return float((values[named].log() - targets[named].clamp_min(0.05).log()).abs().mean())
+    return float((values[named] - targets[named]).abs().mean())
+
+
+# term -> (what it measures on (T, P, batch), "down" or "up": the way the command asks it to move)
+MOVES = {
+    "ranking_temperature_loss": (lambda t, p, b: commanded_gap(t, b, "high", "low"), "up"),
+    "ranking_top_p_loss": (lambda t, p, b: commanded_gap(p, b, "high", "low"), "up"),
+    "placebo_temperature_loss": (lambda t, p, b: abs(distance_to_none(t, b, "placebo")), "down"),
+    "placebo_top_p_loss": (lambda t, p, b: abs(distance_to_none(p, b, "placebo")), "down"),
+    "ratio_temperature_loss": (lambda t, p, b: distance_to_none(t, b, "low", log=True), "down"),
+    "absolute_temperature_loss": (lambda t, p, b: target_error(t, b["target_temperature"], log=True), "down"),
+    "absolute_top_p_loss": (lambda t, p, b: target_error(p, b["target_top_p"]), "down"),
+}
+
+
+# small steps for the steering terms (hinges and absolute values overshoot); the random tiny model's
+# next-token distributions are nearly flat, so AutoDeco's losses barely depend on T and need larger ones
+LEARNING_RATES = {"autodeco_temperature_loss": 0.5, "autodeco_top_p_loss": 0.05}
+
+
+@pytest.mark.parametrize("term", [*MOVES, "autodeco_temperature_loss", "autodeco_top_p_loss"])
+def test_each_term_on_its_own_moves_t_and_p_the_way_the_command_says(jittered, term):
+    trainer, batch = jittered
+    heads = trainer.autodeco_model.heads
+    saved = {k: v.clone() for k, v in heads.state_dict().items()}
+    objective = only(term, trainer.args)
+    optimizer = torch.optim.SGD(heads.parameters(), lr=LEARNING_RATES.get(term, 1e-3))
+    try:
+        before = row_means(trainer, batch)
+        losses = []
+        for _ in range(10):
+            outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+            loss, terms = objective(outputs, batch, generator=torch.Generator().manual_seed(0))
+            assert set(terms) == {term} and loss.item() == pytest.approx(terms[term].item())
+            losses.append(loss.item())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        after = row_means(trainer, batch)
+    finally:
+        heads.load_state_dict(saved)
+    assert losses[-1] < losses[0]
+    if term in MOVES:
+        measure, way = MOVES[term]
+        moved = measure(*after, batch) - measure(*before, batch)
+        assert moved > 0 if way == "up" else moved < 0, (term, measure(*before, batch), measure(*after, batch))
+
+
+def test_objective_is_built_once_from_the_config_with_the_autodeco_weights(tmp_path):
+    args = config(tmp_path, temperature_loss_weight=0.25, top_p_loss_weight=0.5, train_heads="temperature")
+    objective = SteeringObjective.from_config(args)
+    assert objective.weights["autodeco_temperature_loss"] == 0.25 and "autodeco_top_p_loss" not in objective.weights
+    assert not any("top_p" in term for term in objective.weights)
+    assert "ratio_temperature_loss" not in objective.weights and "lm_loss" not in objective.weights  # weight 0 / head_only
+    lora = SteeringObjective.from_config(config(tmp_path, training_mode="lora_joint", lm_loss_weight=0.5))
+    assert lora.weights["lm_loss"] == 0.5
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        SteeringObjective({"entropy_loss": 1.0}, args.autodeco_loss_config(), autodeco_rows="all", temperature_margin=0.1,
+                          top_p_margin=0.1, ranking_space="log", ranking_reduction="token", low_temperature_ratios=[0.5],
+                          high_temperature_ratios=[2.0], absolute_temperature_floor=0.05)
