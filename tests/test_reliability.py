@@ -215,7 +215,7 @@ def test_init_heads_are_loaded_with_their_saved_config(tmp_path, data):
     trainer = SteeringTrainer(args=config(tmp_path, data, init_heads=str(folder), heads_max_temperature=1.0))
     saved = AutoDecoModel.from_pretrained(folder, tiny_model())
     for name, tensor in saved.heads.state_dict().items():
-        torch.testing.assert_close(trainer.autodeco_model.heads.state_dict()[name], tensor)
+        torch.testing.assert_close(trainer.autodeco_model.heads.state_dict()[name].cpu(), tensor)
 
 
 def test_heads_are_refused_on_another_base_model_of_the_same_hidden_size(tmp_path):

@@ -21,15 +21,18 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, hea
     direct = SteeringTrainer(args=config(tmp_path, backbone_cache=False, **heads), train_dataset=train_rows)
     assert cached.backbone_cache is not None and direct.backbone_cache is None
     direct.autodeco_model.heads.load_state_dict(cached.autodeco_model.heads.state_dict())
+    device = cached.autodeco_model.device
     for batch_cached, batch_direct in zip(cached.get_eval_dataloader(cached.train_dataset),
                                           direct.get_eval_dataloader(direct.train_dataset), strict=True):
         assert "hidden" in batch_cached and "input_ids" not in batch_cached
         with torch.no_grad():
-            out_cached = cached.model(**{k: v for k, v in batch_cached.items() if k in ("response_mask", "hidden", "context", "slot_values", "slot_counts", "target_value", "target_slot", "prompt_states", "prompt_mask")})
-            out_direct = direct.model(**{k: v for k, v in batch_direct.items() if k in ("response_mask", "input_ids", "attention_mask", "response_positions", "response_targets")})
-        torch.testing.assert_close(out_cached.temperature, out_direct.temperature)
-        torch.testing.assert_close(out_cached.top_p, out_direct.top_p)
-        torch.testing.assert_close(out_cached.slots.values, out_direct.slots.values)
+            out_cached = cached.model(**{k: v.to(device) for k, v in batch_cached.items() if k in ("response_mask", "hidden", "context", "slot_values", "slot_counts", "target_value", "target_slot", "prompt_states", "prompt_mask")})
+            out_direct = direct.model(**{k: v.to(device) for k, v in batch_direct.items() if k in ("response_mask", "input_ids", "attention_mask", "response_positions", "response_targets")})
+        # the cache pass pads other rows together than the collator: the same up to kernel rounding on a GPU
+        close = dict(rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out_cached.temperature, out_direct.temperature, **close)
+        torch.testing.assert_close(out_cached.top_p, out_direct.top_p, **close)
+        torch.testing.assert_close(out_cached.slots.values, out_direct.slots.values, **close)
 
 
 def test_stale_cache_is_rebuilt_and_a_fresh_one_reused(tmp_path, train_rows, caplog):

@@ -36,7 +36,8 @@ def test_two_process_cpu_run_finishes_and_saves_heads(tmp_path):
         "--max_steps", "4", "--per_device_train_batch_size", "1", "--logit_top_k", "32", "--logit_bins", "8",
         "--save_steps", "2", "--disable_tqdm", "true",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # no GPU in sight, so that this is the CPU (gloo) run on a GPU machine too
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (out / "heads.safetensors").is_file() and (out / "heads_config.json").is_file()
@@ -103,7 +104,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
-@pytest.mark.parametrize("mode", ["lora_joint", "head_only"])
+@pytest.mark.parametrize("mode", ["lora_joint"])  # head-only under FSDP is refused by SteeringConfig
 def test_heads_and_adapter_saved_from_fsdp2_shards_reload_into_an_unsharded_model_with_identical_outputs(tmp_path, mode):
     # accelerate enables FSDP only with GPUs, so on CPU the sharding is torch's fully_shard over gloo directly; the
     # saving path (full_state_dict -> save_trained) is the one SteeringTrainer takes under FSDP
@@ -149,11 +150,14 @@ def test_lora_joint_training_under_accelerate_fsdp2_saves_heads_and_adapter(tmp_
 def test_fsdp_settings_are_checked_with_a_fix_in_the_message(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="DeepSpeed is not supported"):
         SteeringConfig(output_dir=str(tmp_path), deepspeed="ds.json")
+    lora = dict(training_mode="lora_joint")
     with pytest.raises(ValueError, match="fsdp_config version 1 is not supported"):
-        SteeringConfig(output_dir=str(tmp_path), fsdp="full_shard", fsdp_config={"version": 1})
+        SteeringConfig(output_dir=str(tmp_path), fsdp="full_shard", fsdp_config={"version": 1}, **lora)
+    with pytest.raises(ValueError, match="FSDP is for training_mode lora_joint.*train with DDP"):
+        SteeringConfig(output_dir=str(tmp_path), training_mode="head_only", fsdp="full_shard")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="FSDP needs GPUs"):
-            SteeringConfig(output_dir=str(tmp_path), fsdp="full_shard", fsdp_config={"version": 2})
+            SteeringConfig(output_dir=str(tmp_path), fsdp="full_shard", fsdp_config={"version": 2}, **lora)
         monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
         with pytest.raises(ValueError, match="FSDP needs GPUs"):
-            SteeringConfig(output_dir=str(tmp_path))
+            SteeringConfig(output_dir=str(tmp_path), **lora)

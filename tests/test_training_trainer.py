@@ -101,4 +101,5 @@ def test_lora_joint_saves_adapter_and_reports_the_base_lm_loss(tmp_path, train_r
                                           return_tensors="pt", return_dict=True)
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch).temperature, model(**batch).temperature)
+        on_device = {k: v.to(model.device) for k, v in batch.items()}  # the trainer moved the model (a GPU, if any)
+        torch.testing.assert_close(loaded(**batch).temperature, model(**on_device).temperature.cpu())

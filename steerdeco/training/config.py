@@ -248,7 +248,13 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
 
     def __post_init__(self):
         self._check_steering_fields()
-        if (self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true") and (
+        fsdp = bool(self.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if fsdp and self.training_mode == "head_only":
+            raise ValueError(
+                "FSDP is for training_mode lora_joint (it shards the backbone that LoRA trains); head-only trains the "
+                "small heads on a frozen backbone: drop --fsdp / the FSDP accelerate config to train with DDP"
+            )
+        if fsdp and (
             self.use_cpu or _multi_process_without_accelerator() or not _has_accelerator()
         ):
             raise ValueError(
