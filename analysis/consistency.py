@@ -63,9 +63,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from steerdeco.rows import VARIANTS, signed_level
+
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("none", "low", "high", "placebo", "named")
 COMMANDED = ("low", "high", "placebo")
 #: Sign a commanded variant should move the metric (0: placebo, should not move it; a named value's
 #: direction depends on the prompt, so ``named`` rows have their own measures in analysis.steering).
@@ -173,19 +174,6 @@ def _ensure_metric(scores: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str
         else:
             raise ValueError(f"no column for metric {metric!r} (looked for {column!r})")
     return scores, column
-
-
-def signed_level(variant: str, level) -> float:
-    """Position on the randomness scale: low k -> -k, none -> 0, high k -> +k, placebo and named -> NaN."""
-    if variant == "none":
-        return 0.0
-    if variant in ("placebo", "named") or level is None or pd.isna(level):
-        return math.nan
-    if variant == "low":
-        return -abs(float(level))
-    if variant == "high":
-        return abs(float(level))
-    raise ValueError(f"unknown variant {variant!r}")
 
 
 def add_signed_level(scores: pd.DataFrame) -> pd.DataFrame:

@@ -28,7 +28,6 @@ from analysis.consistency import (
     paired_stats,
     rank_biserial,
     sign_test_p,
-    signed_level,
     synthetic_scores,
     target_tracking,
     wilcoxon_p,
@@ -111,11 +110,6 @@ def test_dose_response_spearman():
     assert list(t["signed_level"]) == [-3, -2, -1, 1, 2, 3]
     assert np.all(np.diff(t["delta"].to_numpy()) > 0)
     np.testing.assert_allclose(t["delta"], 0.1 * t["signed_level"], atol=0.02)
-
-
-def test_signed_level():
-    assert signed_level("low", 2) == -2 and signed_level("high", 3) == 3 and signed_level("none", 0) == 0
-    assert math.isnan(signed_level("placebo", 1))
 
 
 def test_pairing_uses_same_seed_and_averages_within_group():

@@ -14,7 +14,8 @@ from analysis.cli import main as analysis_main
 from steerdeco import AutoDecoModel
 from steerdeco.config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME, HeadsConfig
 from steerdeco.control import BuildConfig, ControlDataError, build_control_data, load_commands
-from steerdeco.io import OUTPUT_MARKER, atomic_write_text, read_yaml_options
+from steerdeco.io import OUTPUT_MARKER, atomic_write_text
+from steerdeco.options import read_yaml_options
 from steerdeco.testing import tiny_model, tiny_model_and_tokenizer
 from steerdeco.train import cli
 from steerdeco.training import SteeringConfig, SteeringTrainer, load_trained_model

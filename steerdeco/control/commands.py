@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ControlDataError
+from ..errors import ControlDataError
 
 logger = logging.getLogger(__name__)
 

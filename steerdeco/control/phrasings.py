@@ -30,7 +30,7 @@ from .commands import (
     Command,
     read_command_file,
 )
-from .errors import ControlDataError
+from ..errors import ControlDataError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ The command line is ``python -m steerdeco.train --config configs/head_only.yaml`
 
 from .cache import BackboneCache, build_backbone_cache, load_or_build_cache
 from .checkpoint import load_trained_model
-from .collator import SteeringCollator, encode_groups, load_control_rows, select_split
+from .collator import SteeringCollator, encode_groups
 from .config import SteeringConfig
 from .evaluation import evaluate_ordering, summarize_ordering
 from .trainer import SteeringModel, SteeringTrainer, build_model, load_base_model
@@ -27,9 +27,7 @@ __all__ = [
     "encode_groups",
     "evaluate_ordering",
     "load_base_model",
-    "load_control_rows",
     "load_or_build_cache",
     "load_trained_model",
-    "select_split",
     "summarize_ordering",
 ]

@@ -34,7 +34,8 @@ from .checkpoint import (
     last_complete_checkpoint,
     missing_checkpoint_files,
 )
-from .collator import check_columns, load_control_rows
+from ..errors import ControlDataError
+from ..rows import TRAINING_COLUMNS, load_control_data
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +191,10 @@ def load_rows(args):
         raise FileNotFoundError(
             f"--dataset_path {path}: no such folder or file; build control data with python -m steerdeco.build_control_data"
         )
-    rows = load_control_rows(path)
     try:
-        check_columns(rows)
-    except ValueError as error:
-        raise ValueError(f"--dataset_path {path}: {error}") from None
-    return rows
+        return load_control_data(path, required=TRAINING_COLUMNS)
+    except ControlDataError as error:
+        raise ControlDataError(f"--dataset_path {path}: {error}") from None
 
 
 def preflight(args, need_data: bool = True) -> Plan:

@@ -41,8 +41,8 @@ from ..heads import MIN_TEMPERATURE
 from ..io import atomic_write_text, mark_output
 from ..losses import AutoDecoLossConfig, LogitSlots, autodeco_losses
 from ..modeling import AutoDecoModel, base_hidden_size, read_heads
+from ..rows import VARIANTS, select_split
 from ..ranking import (
-    VARIANTS,
     absolute_target_loss,
     level_offsets,
     pairwise_ranking_loss,
@@ -67,7 +67,7 @@ from .checkpoint import (
     save_trained,
     set_rng_state,
 )
-from .collator import SteeringCollator, command_split_names, encode_groups, select_split
+from .collator import SteeringCollator, command_split_names, encode_groups
 from .config import SteeringConfig
 from .evaluation import QUANTITIES, summarize_ordering
 from .preflight import TOOL, check_init_heads, heads_settings, preflight
