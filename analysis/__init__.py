@@ -1,10 +1,10 @@
 """Statistics, figures and the report of steerdeco's command-obedience experiments.
 
 Input everywhere: a pandas DataFrame of *variant scores*, one row per measured variant instance
-(schema in :mod:`analysis.consistency`; :mod:`analysis.collect` produces it from a model).
+(schema in :mod:`analysis.schema`; :mod:`analysis.collect` produces it from a model).
 
 * :mod:`analysis.consistency`: paired effects, consistency, CIs, tests, breakdowns, dose-response,
-  Markdown formatting, :func:`~analysis.consistency.synthetic_scores`;
+  Markdown formatting, :func:`~analysis.synthetic.synthetic_scores`;
 * :mod:`analysis.trajectories`: per-token trajectories and position-binned means;
 * :mod:`analysis.text_effects`: distinct-n, self-BLEU, compression and length of free-running texts,
   and the text-level steering measures (:func:`~analysis.text_effects.text_measures`);
@@ -22,25 +22,16 @@ Importing this package has no side effects and imports neither torch nor matplot
 """
 
 from .cli import run_analysis
-from .consistency import (
-    add_means,
-    breakdowns,
-    consistency_table,
-    dose_response,
-    effect_table,
-    format_consistency_table,
-    format_stats_table,
-    markdown_table,
-    paired_differences,
-    paired_stats,
-    synthetic_scores,
-    validate_scores,
-)
 from .decomposition import decompose_shift, decomposition, decomposition_summary
+from .effects import breakdowns, consistency_table, dose_response, effect_table, paired_differences
+from .formatting import format_consistency_table, format_stats_table, markdown_table
 from .report import analyse, write_report
+from .schema import add_means, validate_scores
 from .scorecard import scorecard, steering_measures
 from .scores_io import load_results, load_scores, save_scores
+from .statistics import paired_stats
 from .steering import parameter_measures, seen_targets
+from .synthetic import synthetic_scores
 from .text_effects import compression_ratio, distinct_n, self_bleu, text_effects, text_measures
 from .trajectories import binned_trajectories, select_trajectory
 

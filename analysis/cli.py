@@ -769,7 +769,7 @@ def run_analysis(
     Returns:
         ``(markdown, tables)``: the report text and ``{"<protocol>.<name>": DataFrame}``;
         ``tables["teacher_forced.main"]`` is the consistency table (format it with
-        :func:`analysis.consistency.format_consistency_table`). The raw variant scores are included
+        :func:`analysis.formatting.format_consistency_table`). The raw variant scores are included
         too, as ``tables["scores.<protocol>"]`` (one row per scored row and seed, arrays per token).
 
     Raises:
@@ -937,7 +937,7 @@ def run(config: AnalysisConfig) -> AnalysisResult:
 
 def summary_text(result: AnalysisResult) -> str:
     """The consistency table of each protocol, as printed at the end of a run."""
-    from .consistency import format_consistency_table
+    from .formatting import format_consistency_table
 
     parts = []
     for protocol in PROTOCOLS:

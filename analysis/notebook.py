@@ -7,7 +7,7 @@
 3. ``results/`` or ``../results/`` when it holds saved scores (the CLI's default ``--out``, seen from
    the repository root or from ``notebooks/``);
 4. otherwise the ``setting``: ``"tiny"``: seeded synthetic scores with planted effects
-   (:func:`analysis.consistency.synthetic_scores`, no model, a second); ``"tiny-model"``: a random
+   (:func:`analysis.synthetic.synthetic_scores`, no model, a second); ``"tiny-model"``: a random
    tiny model with jittered fresh heads scored on synthetic control rows (torch, a few seconds; the
    heads are untrained, so expect no effects).
 
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .consistency import format_consistency_table, format_stats_table, markdown_table, synthetic_scores
+from .formatting import format_consistency_table, format_stats_table, markdown_table
 from .scores_io import has_results, load_results
+from .synthetic import synthetic_scores
 
 logger = logging.getLogger(__name__)
 

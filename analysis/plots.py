@@ -129,7 +129,7 @@ def plot_binned_trajectories(
 def plot_dose_response(
     levels: pd.DataFrame, path: str | os.PathLike | None = None, overwrite: bool = False, title: str | None = None
 ):
-    """Mean paired change per signed level with 95% CIs (``levels`` from :func:`analysis.consistency.dose_response`)."""
+    """Mean paired change per signed level with 95% CIs (``levels`` from :func:`analysis.effects.dose_response`)."""
     metrics = list(dict.fromkeys(levels["metric"]))
     fig, axes = _figure(1, len(metrics), (4.5 * len(metrics), 3.6))
     for ax, metric in zip(axes[0, :], metrics, strict=True):

@@ -48,20 +48,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
-from .consistency import (
-    breakdowns,
-    consistency_table,
-    dose_response,
-    effect_table,
-    format_consistency_table,
-    format_p,
-    format_stats_table,
-    markdown_table,
-    prepare_scores,
-    target_tracking,
-    validate_scores,
-)
 from .decomposition import decomposition, decomposition_display
+from .effects import breakdowns, consistency_table, dose_response, effect_table, target_tracking
+from .formatting import format_consistency_table, format_p, format_stats_table, markdown_table
+from .schema import prepare_scores, validate_scores
 from .scorecard import (
     json_ready,
     measures_markdown,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .consistency import format_number, format_p, markdown_table
+from .formatting import format_number, format_p, markdown_table
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .consistency import validate_scores
+from .schema import validate_scores
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from steerdeco.control.build import DEFAULT_OUT, BuildConfig, BuildResult, build_control_data
 from steerdeco.control.insertion import PLACEMENT_MODES

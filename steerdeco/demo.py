@@ -302,7 +302,7 @@ def ordering_from_scores(tables: dict, summarize) -> dict:
 
 
 def final_summary(folder: Path, tables: dict, ordering: dict, timing: str) -> str:
-    from analysis.consistency import format_consistency_table
+    from analysis.formatting import format_consistency_table
 
     lines = ["", "=" * 100, "Consistency on held-out prompts (teacher-forced; 95% bootstrap intervals)", ""]
     main_table = tables.get("teacher_forced.main")

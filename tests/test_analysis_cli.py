@@ -12,9 +12,10 @@ import torch
 
 from analysis import plots
 from analysis.cli import AnalysisError, cli, main, run_analysis
-from analysis.consistency import format_consistency_table, synthetic_scores
+from analysis.formatting import format_consistency_table
 from analysis.notebook import notebook_scores, tiny_model_scores
 from analysis.scores_io import SCORE_FILES, load_results, load_scores, save_scores
+from analysis.synthetic import synthetic_scores
 from steerdeco import AutoDecoModel
 from steerdeco.control import BuildConfig, build_control_data
 from steerdeco.testing import tiny_model, tiny_model_and_tokenizer

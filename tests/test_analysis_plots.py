@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.consistency import dose_response, effect_table, synthetic_scores
+from analysis.effects import dose_response, effect_table
 from analysis.report import write_report
+from analysis.synthetic import synthetic_scores
 from analysis.trajectories import binned_trajectories, example_group, select_trajectory
 
 

@@ -12,27 +12,25 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.consistency import (
-    add_means,
+from analysis.decomposition import decompose_shift, decomposition, split_sum_of_squares
+from analysis.effects import (
     breakdowns,
-    cohens_dz,
     consistency_table,
     dose_response,
     effect_table,
+    paired_differences,
+    target_tracking,
+)
+from analysis.formatting import (
     format_ci,
     format_consistency_table,
     format_p,
     format_stats_table,
     markdown_table,
-    paired_differences,
-    paired_stats,
-    rank_biserial,
-    sign_test_p,
-    synthetic_scores,
-    target_tracking,
-    wilcoxon_p,
 )
-from analysis.decomposition import decompose_shift, decomposition, split_sum_of_squares
+from analysis.schema import add_means
+from analysis.statistics import cohens_dz, paired_stats, rank_biserial, sign_test_p, wilcoxon_p
+from analysis.synthetic import synthetic_scores
 from analysis.text_effects import distinct_n, instance_text_metrics, self_bleu, text_effects, tokenize
 from analysis.trajectories import binned_trajectories, example_group, select_trajectory
 
@@ -213,7 +211,7 @@ def test_breakdowns(planted):
 def test_small_breakdown_cells_are_skipped(caplog):
     scores = synthetic_scores(n_groups=6, seed=5, **SMALL)
     scores.loc[(scores["variant"] == "high") & (scores["group_id"] != "g0000"), "command_id"] = "high_common"
-    with caplog.at_level(logging.DEBUG, logger="analysis.consistency"):
+    with caplog.at_level(logging.DEBUG, logger="analysis.effects"):
         table = effect_table(scores, by="command_id", n_boot=50, include_baseline=False)
     assert "high_0" not in set(table["command_id"])  # only one group
     assert "high_common" in set(table["command_id"])

@@ -11,11 +11,11 @@
 ``docs/control_data.md`` documents the command-file schema and the row schema.
 """
 
+from ..errors import ControlDataError
+from ..rows import COLUMNS, PROMPT_SPLITS, VARIANTS, features, load_control_data
 from .build import BuildConfig, BuildResult, build_control_data
 from .commands import Command, CommandLibrary, default_commands_path, load_commands, parse_commands
-from ..errors import ControlDataError
 from .insertion import PLACEMENTS, insert_command
-from ..rows import COLUMNS, PROMPT_SPLITS, VARIANTS, features, load_control_data
 from .output import summarize
 from .prompts import Prompt, load_gsm8k, load_mtbench, load_prompt_file, load_prompts
 from .responses import generate_responses, greedy_generate, load_model

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .commands import CommandLibrary, load_commands
 from ..errors import ControlDataError
+from .commands import CommandLibrary, load_commands
 from .insertion import PLACEMENT_MODES
 from .output import check_output_dir, log_summary, summarize, write_output
 from .phrasings import PhrasingGrammar, load_grammar

@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import read_jsonl as io_read_jsonl
 from ..errors import ControlDataError
+from ..io import read_jsonl as io_read_jsonl
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from .commands import COMMAND_SPLITS, GRADED_DIRECTIONS, Command, CommandLibrary
 from ..errors import ControlDataError
 from ..rows import COLUMNS, PROMPT_SPLITS, VARIANTS  # noqa: F401 - the row contract, used and handed on
+from .commands import COMMAND_SPLITS, GRADED_DIRECTIONS, Command, CommandLibrary
 from .insertion import choose_placement, insert_command
 from .phrasings import NAMED_QUANTITIES, PhrasingGrammar
 from .prompts import Prompt
