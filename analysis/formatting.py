@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .schema import LABELS, METRIC_LABELS
-
-logger = logging.getLogger(__name__)
 
 
 def format_number(x, digits: int = 2) -> str:

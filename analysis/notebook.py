@@ -78,7 +78,8 @@ def tiny_model_scores(protocol: str = "teacher_forced", seed: int = 0, seeds: Se
     from steerdeco.testing import tiny_model_and_tokenizer
     from steerdeco.training.synthetic import synthetic_control_records
 
-    from .cli import score_rows, select_rows
+    from .data import select_rows
+    from .scoring import score_rows
 
     base, tokenizer = tiny_model_and_tokenizer(seed=seed)
     model = AutoDecoModel(base)

@@ -40,12 +40,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+
+from steerdeco.io import atomic_write_text, atomic_write_with, staged_folder
 
 from . import plots
 from .decomposition import decomposition, decomposition_display
@@ -275,8 +275,8 @@ def _meta(scores: pd.DataFrame, eval_only: bool) -> dict:
 
 
 def _write_table(folder: Path, stem: str, table: pd.DataFrame) -> None:
-    plots.atomic_write(folder / f"{stem}.csv", lambda tmp: table.to_csv(tmp, index=False))
-    plots.atomic_write(folder / f"{stem}.json", lambda tmp: table.to_json(tmp, orient="records", indent=1))
+    atomic_write_with(folder / f"{stem}.csv", lambda tmp: table.to_csv(tmp, index=False), overwrite=False)
+    atomic_write_with(folder / f"{stem}.json", lambda tmp: table.to_json(tmp, orient="records", indent=1), overwrite=False)
 
 
 def analyse_protocols(
@@ -344,36 +344,41 @@ def write_report(
     tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only, prompt_only=prompt_only,
                                      seen=seen)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        fig_files: dict[str, dict[str, str]] = {}
-        if figures:
-            for protocol, scores in given.items():
-                own = {k.split(".", 1)[1]: v for k, v in tables.items() if k.startswith(protocol + ".")}
-                fig_files[protocol] = make_figures(prepare_scores(scores), own, tmp / "figures", protocol, eval_only=eval_only)
-            calibration = calibration_figures(tables, tmp / "figures")
-            if calibration:
-                fig_files["calibration"] = calibration
-        for key, table in tables.items():
-            _write_table(tmp / "tables", key.replace(".", "_"), table)
-        markdown = render_markdown(tables, fig_files, meta)
-        plots.atomic_write(tmp / "report.md", lambda path: Path(path).write_text(markdown, encoding="utf-8"))
-        summary = json_ready({**meta, "tables": sorted(tables), "figures": fig_files})
-        text = json.dumps(summary, indent=1, allow_nan=False)
-        plots.atomic_write(tmp / "summary.json", lambda path: Path(path).write_text(text, encoding="utf-8"))
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
-        if out_dir.exists():
-            if not overwrite:  # appeared meanwhile
-                raise FileExistsError(f"output folder {out_dir} exists; pass overwrite=True to replace it")
-            backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, backup / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    def recheck() -> None:
+        if out_dir.exists() and not overwrite:  # appeared meanwhile
+            raise FileExistsError(f"output folder {out_dir} exists; pass overwrite=True to replace it")
+
+    with staged_folder(out_dir, recheck) as folder:
+        markdown = write_report_files(folder, given, tables, meta, figures=figures, eval_only=eval_only)
     logger.info("wrote %s (%d tables)", out_dir, len(tables))
     return markdown, tables
+
+
+def write_report_files(
+    folder: Path,
+    given: Mapping[str, pd.DataFrame],
+    tables: Mapping[str, pd.DataFrame],
+    meta: Mapping,
+    figures: bool = True,
+    eval_only: bool = True,
+    appendix: str | None = None,
+) -> str:
+    """Write the figures, ``tables/``, ``report.md`` (with ``appendix`` at the end) and ``summary.json``
+    of :func:`analyse_protocols`' ``tables`` and ``meta`` into ``folder``; returns the Markdown."""
+    fig_files: dict[str, dict[str, str]] = {}
+    if figures:
+        for protocol, scores in given.items():
+            own = {k.split(".", 1)[1]: v for k, v in tables.items() if k.startswith(protocol + ".")}
+            fig_files[protocol] = make_figures(prepare_scores(scores), own, folder / "figures", protocol, eval_only=eval_only)
+        calibration = calibration_figures(tables, folder / "figures")
+        if calibration:
+            fig_files["calibration"] = calibration
+    for key, table in tables.items():
+        _write_table(folder / "tables", key.replace(".", "_"), table)
+    markdown = render_markdown(tables, fig_files, meta)
+    if appendix:
+        markdown = markdown.rstrip("\n") + "\n\n" + appendix
+    atomic_write_text(folder / "report.md", markdown)
+    summary = json_ready({**meta, "tables": sorted(tables), "figures": fig_files})
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    return markdown

@@ -30,7 +30,6 @@ scalar means (and no arrays) works too.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -38,10 +37,6 @@ import numpy as np
 import pandas as pd
 
 from steerdeco.rows import VARIANTS, signed_level
-
-logger = logging.getLogger(__name__)
-
-
 
 COMMANDED = ("low", "high", "placebo")
 #: Sign a commanded variant should move the metric (0: placebo, should not move it; a named value's

@@ -20,15 +20,11 @@ statistic treats the groups as the independent units:
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 
 import numpy as np
 from scipy import stats
-
-logger = logging.getLogger(__name__)
-
 
 STAT_COLUMNS = (
     "n_groups",

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 
 def synthetic_scores(

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from analysis.cli import run_analysis
+from analysis import run_analysis
 from steerdeco.training import SteeringConfig, SteeringTrainer, load_base_model, select_split
 from steerdeco.training.synthetic import synthetic_control_records
 

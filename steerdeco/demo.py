@@ -9,7 +9,7 @@
 2. **training**: ``configs/demo.yaml`` (head-only AutoDeco + steering objective, from a cache of the
    frozen backbone) through :func:`steerdeco.train.main`;
 3. **analysis**: teacher-forced and free-running scores of the held-out prompts, consistency
-   statistics, trajectories and text effects (:func:`analysis.cli.run_analysis`), written as a
+   statistics, trajectories and text effects (:func:`analysis.run_analysis`), written as a
    Markdown report with CSV/JSON tables and PNG figures;
 
 and prints the consistency table and a table of the time each stage took at the end (also in
@@ -185,7 +185,7 @@ def training_config(args: argparse.Namespace, data: Path, folder: Path):
 
 
 def main(args: argparse.Namespace) -> int:
-    from analysis.cli import run_analysis
+    from analysis import run_analysis
 
     from .control import BuildConfig, build_control_data, load_control_data
     from .embedded import load_embedded_model

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from analysis import plots
-from analysis.cli import AnalysisError, cli, main, run_analysis
+from analysis.api import run_analysis
+from analysis.cli import cli, main
+from steerdeco.errors import AnalysisError
 from analysis.formatting import format_consistency_table
 from analysis.notebook import notebook_scores, tiny_model_scores
 from analysis.scores_io import SCORE_FILES, load_results, load_scores, save_scores
@@ -138,7 +140,7 @@ def test_cli_writes_the_prompt_only_baseline_and_the_scorecard(full_run):
     ],
 )
 def test_new_options_are_checked(options, match):
-    from analysis.cli import AnalysisConfig
+    from analysis.options import AnalysisConfig
 
     with pytest.raises(AnalysisError, match=match):
         AnalysisConfig(heads="h", data="d", **options)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.cli import run_analysis
+from analysis.api import run_analysis
 from analysis.collect import teacher_forced_scores
 from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.chat import encode_example

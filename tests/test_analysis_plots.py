@@ -62,17 +62,6 @@ def test_other_figures(tmp_path, teacher_forced):
         assert_png(tmp_path / name)
 
 
-def test_atomic_write_cleans_up_on_failure(tmp_path):
-    def broken(tmp):
-        with open(tmp, "w") as handle:
-            handle.write("partial")
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        plots.atomic_write(tmp_path / "x.txt", broken)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_report_writes_folder_and_refuses_existing(tmp_path, teacher_forced, free_running):
     out = tmp_path / "results"
     markdown, tables = write_report(out, teacher_forced=teacher_forced, free_running=free_running, n_boot=50)

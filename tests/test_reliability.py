@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.cli import AnalysisError
 from analysis.cli import main as analysis_main
+from steerdeco.errors import AnalysisError
 from steerdeco import AutoDecoModel
 from steerdeco.config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME, HeadsConfig
 from steerdeco.control import BuildConfig, ControlDataError, build_control_data, load_commands
@@ -342,7 +342,7 @@ def test_everything_the_tools_write_is_readable_by_others(tmp_path, data):
 
 
 def test_an_interrupted_analysis_is_resumed_from_its_work_folder(tmp_path, monkeypatch):
-    import analysis.cli as analysis_cli
+    import analysis.api as analysis_api
 
     model, tokenizer = tiny_model_and_tokenizer()
     model.save_pretrained(tmp_path / "model")
@@ -358,7 +358,7 @@ def test_an_interrupted_analysis_is_resumed_from_its_work_folder(tmp_path, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(analysis_cli, "score_rows", interrupted)
+    monkeypatch.setattr(analysis_api, "score_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         analysis_main(argv)
     assert not list(tmp_path.glob(".results.work-*")) and not (tmp_path / "results").exists()
