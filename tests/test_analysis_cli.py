@@ -13,13 +13,13 @@ import torch
 from analysis import plots
 from analysis.api import run_analysis
 from analysis.cli import cli, main
-from steerdeco.errors import AnalysisError
 from analysis.formatting import format_consistency_table
 from analysis.notebook import notebook_scores, tiny_model_scores
 from analysis.scores_io import SCORE_FILES, load_results, load_scores, save_scores
 from analysis.synthetic import synthetic_scores
 from steerdeco import AutoDecoModel
 from steerdeco.control import BuildConfig, build_control_data
+from steerdeco.errors import AnalysisError
 from steerdeco.testing import tiny_model, tiny_model_and_tokenizer
 from steerdeco.training import load_base_model
 from steerdeco.training.synthetic import synthetic_control_records

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from steerdeco import build_control_data as cli
+from steerdeco import io as io_module
 from steerdeco.control import (
     BuildConfig,
     ControlDataError,
@@ -30,7 +31,6 @@ from steerdeco.control import (
     load_prompt_file,
     load_prompts,
 )
-from steerdeco import io as io_module
 from steerdeco.control import output as output_module
 from steerdeco.control import prompts as prompts_module
 from steerdeco.control.build import load_library

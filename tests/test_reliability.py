@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from analysis.cli import main as analysis_main
-from steerdeco.errors import AnalysisError
 from steerdeco import AutoDecoModel
 from steerdeco.config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME, HeadsConfig
 from steerdeco.control import BuildConfig, ControlDataError, build_control_data, load_commands
+from steerdeco.errors import AnalysisError
 from steerdeco.io import OUTPUT_MARKER, atomic_write_text
 from steerdeco.options import read_yaml_options
 from steerdeco.testing import tiny_model, tiny_model_and_tokenizer
