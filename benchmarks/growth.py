@@ -25,7 +25,8 @@ import time
 import torch
 
 from analysis import run_analysis
-from steerdeco.training import SteeringConfig, SteeringTrainer, load_base_model, select_split
+from steerdeco.rows import select_split
+from steerdeco.training import SteeringConfig, SteeringTrainer, load_base_model
 from steerdeco.training.synthetic import synthetic_control_records
 
 

@@ -12,7 +12,8 @@ from transformers import TrainerCallback
 
 from steerdeco import AutoDecoModel
 from steerdeco.heads import MIN_TEMPERATURE, running_context
-from steerdeco.ranking import VARIANTS, pairwise_ranking_loss
+from steerdeco.ranking import pairwise_ranking_loss
+from steerdeco.rows import VARIANTS, select_split
 from steerdeco.testing import tiny_model_and_tokenizer
 from steerdeco.train import cli, make_parser
 from steerdeco.training import (
@@ -26,7 +27,7 @@ from steerdeco.training import (
 )
 from steerdeco.training.cache import CACHE_FILE, backbone_outputs, read_cache_metadata
 from steerdeco.training.checkpoint import flatten_state, load_state, save_state, unflatten_state
-from steerdeco.training.collator import SteeringCollator, command_split_names, encode_groups, select_split
+from steerdeco.training.collator import SteeringCollator, command_split_names, encode_groups
 from steerdeco.training.synthetic import COMMANDS, synthetic_control_records, synthetic_control_rows
 from steerdeco.training.trainer import MODEL_INPUTS
 

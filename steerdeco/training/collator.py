@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..chat import encode_example
+from ..chat import encode_example, pad_responses
 from ..rows import VARIANTS, check_columns, signed_level
 
 logger = logging.getLogger(__name__)
@@ -212,20 +212,6 @@ class SteeringCollator:
         if self.cache is not None:
             batch.update(self.cache.gather(cache_rows, width))
             return batch
-        length = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        response_targets = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ((ids, start), n) in enumerate(zip(rows, lengths, strict=True)):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
-            positions[i, :n] = torch.arange(start - 1, start - 1 + n)
-            response_targets[i, :n] = input_ids[i, start : start + n]
-        batch.update(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            response_positions=positions,
-            response_targets=response_targets,
-        )
+        padded = pad_responses(rows, lengths, self.pad_token_id)
+        batch.update({k: padded[k] for k in ("input_ids", "attention_mask", "response_positions", "response_targets")})
         return batch

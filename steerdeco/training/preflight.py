@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import HeadsConfig
+from ..errors import ControlDataError
 from ..io import check_replaceable, read_json_file
+from ..rows import TRAINING_COLUMNS, load_control_data
 from .checkpoint import (
     OPTIMIZER_STATE,
     SCHEDULER_STATE,
@@ -34,8 +36,6 @@ from .checkpoint import (
     last_complete_checkpoint,
     missing_checkpoint_files,
 )
-from ..errors import ControlDataError
-from ..rows import TRAINING_COLUMNS, load_control_data
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,6 @@ from ..heads import MIN_TEMPERATURE
 from ..io import atomic_write_text, mark_output
 from ..losses import AutoDecoLossConfig, LogitSlots, autodeco_losses
 from ..modeling import AutoDecoModel, base_hidden_size, read_heads
-from ..rows import VARIANTS, select_split
 from ..ranking import (
     absolute_target_loss,
     level_offsets,
@@ -50,6 +49,7 @@ from ..ranking import (
     relative_target_loss,
     sequence_means,
 )
+from ..rows import VARIANTS, select_split
 from .cache import backbone_outputs, load_or_build_cache
 from .checkpoint import (
     OPTIMIZER_STATE,
