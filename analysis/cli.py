@@ -37,7 +37,7 @@ import sys
 from collections.abc import Sequence
 
 from steerdeco.errors import AnalysisError
-from steerdeco.options import LOG_LEVELS, merge_config
+from steerdeco.options import add_run_flags, merge_config
 
 from .api import AnalysisResult, run
 from .formatting import format_consistency_table
@@ -118,12 +118,9 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=int, metavar="N", help=f"rows per model batch (default: {d['batch_size'].default})")
 
     group = parser.add_argument_group("output")
-    group.add_argument("--out", metavar="DIR", help=f"results folder (default: {DEFAULT_OUT})")
-    group.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
-                       help="replace an existing non-empty results folder (once the new one is complete; default: refuse)")
+    add_run_flags(group, f"results folder (default: {DEFAULT_OUT})",
+                  "replace an existing non-empty results folder (once the new one is complete; default: refuse)")
     group.add_argument("--figures", action=argparse.BooleanOptionalAction, help="draw the PNG figures (default: on)")
-    group.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show progress bars (default: on)")
-    group.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (default: INFO)")
     return parser
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from steerdeco.errors import AnalysisError
+from steerdeco.options import check_int, field_names, option_name
 
 from .collect import DEFAULT_FREE_RUNNING_VARIANTS, parse_variant_selection
 
@@ -19,11 +20,6 @@ DEFAULT_OUT = "results"
 #: Options that only shape a control-data build from --prompts.
 BUILD_OPTIONS = ("prompts", "commands", "responses", "response_tokens", "max_prompts", "eval_fraction", "work_dir")
 WORK_DIR = "work"
-
-
-def option_name(name: str) -> str:
-    """``max_groups`` -> ``--max-groups``."""
-    return "--" + name.replace("_", "-")
 
 
 def _split_list(value, name: str) -> list:
@@ -150,10 +146,6 @@ class AnalysisConfig:
                                 "them: use --responses given or generate, or --protocols free_running")
 
     def _check_int(self, name: str, minimum: int) -> None:
-        value = getattr(self, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise AnalysisError(f"{option_name(name)} must be an integer >= {minimum}, got {value!r}")
+        check_int(getattr(self, name), name, minimum, AnalysisError)
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    field_names = classmethod(field_names)

@@ -30,16 +30,9 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
         AnalysisError: ``out`` is a file, or a non-empty folder without ``overwrite`` or without the
             marker of a results folder (``.steerdeco-output`` naming ``analysis``).
     """
-    from steerdeco.io import check_replaceable
+    from steerdeco.io import check_output_folder
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise AnalysisError(f"--out {out} is a file, not a folder; choose another --out")
-    try:
-        check_replaceable(out, TOOL, overwrite, "--overwrite (overwrite=True)", AnalysisError)
-    except AnalysisError as error:
-        raise AnalysisError(f"--out: {error}") from None
-    return out
+    return check_output_folder(out, TOOL, overwrite, "--overwrite (overwrite=True)", AnalysisError)
 
 
 def analyse_scores(

@@ -22,7 +22,7 @@ from steerdeco.control.insertion import PLACEMENT_MODES
 from steerdeco.control.prompts import SPECIAL_SOURCES
 from steerdeco.control.responses import RESPONSE_MODES
 from steerdeco.errors import ControlDataError
-from steerdeco.options import LOG_LEVELS, merge_config
+from steerdeco.options import add_run_flags, merge_config
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
@@ -83,11 +83,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
                        help="folder of the resumable response cache (default: <out>.work next to the output folder)")
 
     group = parser.add_argument_group("output")
-    group.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
-    group.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
-                       help="replace an existing output folder (only once the new one is complete; default: refuse)")
-    group.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show progress bars (default: on)")
-    group.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (default: INFO)")
+    add_run_flags(group, f"output folder (default: {DEFAULT_OUT})",
+                  "replace an existing output folder (only once the new one is complete; default: refuse)")
     return parser
 
 

@@ -285,6 +285,25 @@ def mark_output(folder: str | os.PathLike, tool: str) -> None:
     atomic_write_text(Path(folder) / OUTPUT_MARKER, json.dumps({"tool": tool}) + "\n")
 
 
+def check_output_folder(
+    folder: str | os.PathLike, tool: str, overwrite: bool, flag: str = "--overwrite",
+    error: type[Exception] = ValueError, option: str = "--out",
+) -> Path:
+    """``folder`` (the tool's ``option``) as a Path, refused as :func:`check_replaceable` says, the option named.
+
+    Raises:
+        error: ``folder`` is a file, or a non-empty folder without ``overwrite`` or not written by ``tool``.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise error(f"{option} {folder} is a file, not a folder; choose another {option}")
+    try:
+        check_replaceable(folder, tool, overwrite, flag, error)
+    except error as exc:
+        raise error(f"{option}: {exc}") from None
+    return folder
+
+
 def check_replaceable(
     folder: str | os.PathLike,
     tool: str,

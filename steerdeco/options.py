@@ -7,6 +7,7 @@ read with the same strict reader (:func:`steerdeco.io.read_yaml_file`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,30 @@ from .io import read_yaml_file
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Keys a ``--config`` file may hold besides the config's fields.
 CLI_ONLY_KEYS = ("log_level",)
+
+
+def option_name(name: str) -> str:
+    """The command-line spelling of a config field: ``max_prompts`` -> ``--max-prompts``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_int(value: object, name: str, minimum: int, error: type[Exception] = ValueError) -> None:
+    """Refuse a ``value`` of option ``name`` that is not an integer >= ``minimum`` (a bool is not an integer)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise error(f"{option_name(name)} must be an integer >= {minimum}, got {value!r}")
+
+
+def field_names(config_class) -> tuple[str, ...]:
+    """The field names of a dataclass of options (what a ``--config`` file may set)."""
+    return tuple(f.name for f in dataclasses.fields(config_class))
+
+
+def add_run_flags(group: argparse._ArgumentGroup, out_help: str, overwrite_help: str) -> None:
+    """The flags every writing tool has: ``--out``, ``--overwrite``, ``--progress`` and ``--log-level``."""
+    group.add_argument("--out", metavar="DIR", help=out_help)
+    group.add_argument("--overwrite", action=argparse.BooleanOptionalAction, help=overwrite_help)
+    group.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show progress bars (default: on)")
+    group.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (default: INFO)")
 
 
 def read_yaml_options(

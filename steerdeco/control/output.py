@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ControlDataError
-from ..io import check_replaceable, mark_output, staged_folder, to_jsonl
+from ..io import check_output_folder, mark_output, staged_folder, to_jsonl
 from ..rows import COLUMNS, rows_to_dataset
 
 logger = logging.getLogger(__name__)
@@ -89,14 +89,7 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
         ControlDataError: ``out`` is a file, or a non-empty folder without ``overwrite`` or not written
             by ``build_control_data`` (no marker naming it).
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ControlDataError(f"--out {out} is a file, not a folder; choose another --out")
-    try:
-        check_replaceable(out, TOOL, overwrite, "--overwrite", ControlDataError)
-    except ControlDataError as error:
-        raise ControlDataError(f"--out: {error}") from None
-    return out
+    return check_output_folder(out, TOOL, overwrite, "--overwrite", ControlDataError)
 
 
 def write_output(rows: Sequence[Mapping], summary: Mapping, out: str | Path, overwrite: bool = False) -> Path:
