@@ -27,14 +27,6 @@ FAST_TRAIN = dict(model_name_or_path="tiny", max_steps=2, logit_top_k=32, logit_
                   save_strategy="no", disable_tqdm=True, final_ordering_report=False, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "control.jsonl"
