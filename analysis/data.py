@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from steerdeco.errors import AnalysisError
+from steerdeco.rows import select_split
 
 from .options import SPLITS, AnalysisConfig
 
@@ -42,12 +43,11 @@ def select_rows(rows, split: str = "eval", max_groups: int | None = None, seed: 
     lacking = [c for c in ("group_id", "split") if any(c not in r for r in rows)]
     if lacking:
         raise AnalysisError(f"{source}: rows lack the columns {lacking}; build the data with python -m steerdeco.build_control_data")
-    if split != "all":
-        present = sorted({str(r["split"]) for r in rows})
-        rows = [r for r in rows if r["split"] == split]
-        if not rows:
-            raise AnalysisError(f"{source} has no rows with split {split!r} (splits present: {present}); choose --split "
-                                f"{' or '.join(s for s in SPLITS if s != split)}")
+    present = sorted({str(r["split"]) for r in rows})
+    rows = select_split(rows, split)
+    if not rows:
+        raise AnalysisError(f"{source} has no rows with split {split!r} (splits present: {present}); choose --split "
+                            f"{' or '.join(s for s in SPLITS if s != split)}")
     groups = list(dict.fromkeys(r["group_id"] for r in rows))
     if max_groups is not None and len(groups) > max_groups:
         if max_groups < 2:
@@ -109,6 +109,7 @@ def build_rows(config: AnalysisConfig, base, tokenizer, work: Path, model_name: 
 
 
 def load_data(config: AnalysisConfig) -> list[dict]:
+    """Every row of ``--data`` (:func:`steerdeco.rows.load_control_data`); a bad folder or file is an :class:`AnalysisError`."""
     from steerdeco.control import ControlDataError, load_control_data
 
     if not Path(config.data).exists():

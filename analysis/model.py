@@ -43,6 +43,7 @@ def resolve_heads(path: str | os.PathLike) -> Path:
 
 
 def heads_config(heads_dir: Path):
+    """The :class:`~steerdeco.config.HeadsConfig` saved in ``heads_dir``; an unreadable one is an :class:`AnalysisError`."""
     from steerdeco.config import HEADS_CONFIG_NAME, HeadsConfig
 
     try:
@@ -106,6 +107,7 @@ def attach_heads(heads_dir: Path, base, model_name: str):
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a CUDA device is an :class:`AnalysisError`."""
     import torch
 
     if device == "auto":

@@ -130,6 +130,7 @@ def show_figure(fig, dpi: int = 100) -> None:
 
 
 def show_markdown(text: str) -> None:
+    """Display Markdown ``text`` in the running notebook."""
     from IPython.display import Markdown, display
 
     display(Markdown(text))

@@ -48,6 +48,7 @@ def normalise_protocols(value) -> list[str]:
 
 
 def normalise_seeds(value) -> list[int]:
+    """``"0,1,2"`` (or a list) -> a checked list of distinct integers >= 0."""
     seeds = []
     for item in _split_list(value, "seeds"):
         try:

@@ -1,4 +1,4 @@
-"""Write a ``results/`` folder: every table (CSV + JSON), the figures (PNG) and ``report.md``.
+"""The report of some variant scores in one folder: every table (CSV + JSON), the figures (PNG) and ``report.md``.
 
 Typical use (the CLI wires the model in front of it)::
 

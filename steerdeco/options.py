@@ -1,4 +1,4 @@
-"""The one place a YAML ``--config`` file is merged under command-line flags (control-data build, analysis).
+"""Options shared by the writing tools: YAML ``--config`` merged under command-line flags, the common flags, option checks.
 
 ``python -m steerdeco.train`` reads its ``--config`` with trl's ``TrlParser`` instead; its file is
 read with the same strict reader (:func:`steerdeco.io.read_yaml_file`).

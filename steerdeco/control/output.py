@@ -73,6 +73,7 @@ def summarize(rows: Sequence[Mapping], dropped: Sequence[str] = (), settings: Ma
 
 
 def log_summary(summary: Mapping) -> None:
+    """Log a build's counts: rows and groups, then rows per variant, split and placement, and dropped prompts."""
     logger.info(
         "%d rows in %d groups; prompts by split %s", summary["rows"], summary["groups"], summary["prompts_by_split"]
     )
