@@ -240,18 +240,19 @@ def render_markdown(
             lines += ["### By prompt split (all prompts)", "", format_consistency_table(keys["by_prompt_split"], by=["split"]), ""]
         if "target_tracking" in keys:
             lines += ["### Absolute commands (target temperature)", "", markdown_table(keys["target_tracking"]), ""]
-        if "text_effects" in keys:
-            lines += ["### Effects on the text", "",
-                      "Per instance (one conversation, its samples over seeds): distinct-n = unique / total n-grams, "
-                      "self-BLEU (0..1) of each sample against the others, length in words and generated tokens; "
-                      "Delta is the paired change against the no-command text (95% CI, Wilcoxon p).", "",
-                      markdown_table(text_effects_display(keys["text_effects"])), ""]
-        if "decomposition" in keys:
-            lines += ["### Global shift vs token-level change", "",
-                      "Share of the per-token squared difference (commanded minus no-command, same response) explained by "
-                      "a constant shift, and the per-token RMSE of predicting the commanded values by the no-command "
-                      "values unchanged, shifted by the row's own mean change, or by one global shift per variant.", "",
-                      markdown_table(decomposition_display(keys["decomposition"])), ""]
+        sections = (
+            ("text_effects", "Effects on the text", text_effects_display,
+             "Per instance (one conversation, its samples over seeds): distinct-n = unique / total n-grams, "
+             "self-BLEU (0..1) of each sample against the others, length in words and generated tokens; "
+             "Delta is the paired change against the no-command text (95% CI, Wilcoxon p)."),
+            ("decomposition", "Global shift vs token-level change", decomposition_display,
+             "Share of the per-token squared difference (commanded minus no-command, same response) explained by "
+             "a constant shift, and the per-token RMSE of predicting the commanded values by the no-command "
+             "values unchanged, shifted by the row's own mean change, or by one global shift per variant."),
+        )
+        for key, title, display, intro in sections:
+            if key in keys:
+                lines += [f"### {title}", "", intro, "", markdown_table(display(keys[key])), ""]
         figs = figures.get(protocol, {})
         if figs:
             lines += ["### Figures", ""]
