@@ -119,8 +119,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("output")
     add_run_flags(group, f"results folder (default: {DEFAULT_OUT})",
-                  "replace an existing non-empty results folder (once the new one is complete; default: refuse)")
-    group.add_argument("--figures", action=argparse.BooleanOptionalAction, help="draw the PNG figures (default: on)")
+                  "replace an existing non-empty results folder (once the new one is complete; default: refuse)",
+                  switches=[("--figures", "draw the PNG figures (default: on)")])
     return parser
 
 

@@ -35,10 +35,15 @@ def field_names(config_class) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(config_class))
 
 
-def add_run_flags(group: argparse._ArgumentGroup, out_help: str, overwrite_help: str) -> None:
-    """The flags every writing tool has: ``--out``, ``--overwrite``, ``--progress`` and ``--log-level``."""
+def add_run_flags(
+    group: argparse._ArgumentGroup, out_help: str, overwrite_help: str, switches: Sequence[tuple[str, str]] = ()
+) -> None:
+    """The flags every writing tool has: ``--out``, ``--overwrite``, the tool's own on/off ``switches``
+    (``(flag, help)`` pairs), ``--progress`` and ``--log-level``."""
     group.add_argument("--out", metavar="DIR", help=out_help)
     group.add_argument("--overwrite", action=argparse.BooleanOptionalAction, help=overwrite_help)
+    for flag, help_text in switches:
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
     group.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show progress bars (default: on)")
     group.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (default: INFO)")
 
