@@ -23,7 +23,7 @@ from steerdeco.errors import AnalysisError
 from .collect import DEFAULT_FREE_RUNNING_VARIANTS
 from .data import as_row_list, build_rows, check_responses, load_data, select_rows
 from .model import attach_heads, check_hidden_size, default_model, load_base, resolve_device, resolve_heads
-from .options import BUILD_OPTIONS, PROTOCOLS, WORK_DIR, AnalysisConfig, normalise_protocols
+from .options import BUILD_OPTIONS, PROTOCOLS, WORK_DIR, AnalysisConfig, ScoringOptions
 from .results import analyse_scores, check_out_dir, write_results
 from .scoring import score_rows
 
@@ -90,7 +90,12 @@ def run_analysis(
             or a non-empty ``out_dir`` without ``overwrite``.
         ValueError: too few groups for the statistics.
     """
-    protocols = normalise_protocols(list(protocols))
+    options = ScoringOptions(
+        protocols=protocols, seeds=seeds, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+        free_running_groups=free_running_groups, seed=seed, free_running_variants=free_running_variants,
+        prompt_only_temperature=prompt_only_temperature, backbone_cache=backbone_cache,
+        max_response_tokens=max_response_tokens,
+    )
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)  # fail before the expensive part
     from .steering import seen_targets
@@ -99,10 +104,7 @@ def run_analysis(
     if seen is None:
         seen = seen_targets(rows)
     selected = select_rows(rows, split=split, max_groups=max_groups, seed=seed)
-    scores = score_rows(model, tokenizer, selected, protocols, seeds, max_new_tokens, batch_size, progress,
-                        free_running_groups=free_running_groups, seed=seed, free_running_variants=free_running_variants,
-                        prompt_only_temperature=prompt_only_temperature, backbone_cache=backbone_cache,
-                        max_response_tokens=max_response_tokens, timings=timings)
+    scores = score_rows(model, tokenizer, selected, options, timings=timings)
     started = time.perf_counter()
     eval_only = split == "eval"
     if out_dir is None:
@@ -186,10 +188,7 @@ def run(config: AnalysisConfig) -> AnalysisResult:
             rows = select_rows(built, config.split, config.max_groups, config.seed, source=source)
         model = attach_heads(heads_dir, base, model_name).to(device)
         logger.info("scoring %d rows (%d groups) with %s", len(rows), len({r["group_id"] for r in rows}), ", ".join(config.protocols))
-        scores = score_rows(model, tokenizer, rows, config.protocols, config.seeds, config.max_new_tokens,
-                            config.batch_size, config.progress, free_running_groups=config.free_running_groups,
-                            seed=config.seed, free_running_variants=config.free_running_variants,
-                            prompt_only_temperature=config.prompt_only_temperature if config.prompt_only else None)
+        scores = score_rows(model, tokenizer, rows, config.scoring())
         options = asdict(config)
         if config.data is not None:  # options of the on-the-fly build did not apply
             for name in BUILD_OPTIONS:

@@ -79,6 +79,7 @@ def tiny_model_scores(protocol: str = "teacher_forced", seed: int = 0, seeds: Se
     from steerdeco.training.synthetic import synthetic_control_records
 
     from .data import select_rows
+    from .options import ScoringOptions
     from .scoring import score_rows
 
     base, tokenizer = tiny_model_and_tokenizer(seed=seed)
@@ -88,7 +89,8 @@ def tiny_model_scores(protocol: str = "teacher_forced", seed: int = 0, seeds: Se
         for parameter in model.heads.parameters():  # fresh heads predict a constant T and P; jitter them
             parameter.add_(0.05 * torch.randn_like(parameter))
     rows = select_rows(synthetic_control_records(num_prompts, num_prompts // 2), split="all")
-    return score_rows(model, tokenizer, rows, [protocol], seeds=seeds, max_new_tokens=max_new_tokens, progress=False)[protocol]
+    options = ScoringOptions(protocols=[protocol], seeds=seeds, max_new_tokens=max_new_tokens, progress=False)
+    return score_rows(model, tokenizer, rows, options)[protocol]
 
 
 def notebook_scores(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from steerdeco.errors import AnalysisError
@@ -62,6 +63,35 @@ def normalise_seeds(value) -> list[int]:
     if not seeds:
         raise AnalysisError("--seeds must name at least one seed")
     return seeds
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How control rows are scored: what :func:`analysis.scoring.score_rows` reads, as one object.
+
+    ``free_running_groups``: generate for a seeded random subset (``seed``) of at most that many
+    groups only (generation costs far more than teacher forcing); ``free_running_variants``: and
+    only their rows that this selection names (:func:`analysis.collect.select_variant_rows`).
+    ``prompt_only_temperature``: also generate those rows with the base model without heads at
+    this temperature (None: no baseline). ``backbone_cache``, ``max_response_tokens``:
+    teacher-forced scoring from the training's backbone cache (see
+    :func:`analysis.collect.teacher_forced_scores`).
+    """
+
+    protocols: Sequence[str] = PROTOCOLS
+    seeds: Sequence[int] = (0, 1, 2)
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    progress: bool = True
+    free_running_groups: int | None = None
+    seed: int = 0
+    free_running_variants: str | Sequence[str] = DEFAULT_FREE_RUNNING_VARIANTS
+    prompt_only_temperature: float | None = None
+    backbone_cache: object = None
+    max_response_tokens: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "protocols", tuple(normalise_protocols(list(self.protocols))))
 
 
 @dataclass
@@ -150,3 +180,12 @@ class AnalysisConfig:
         check_int(getattr(self, name), name, minimum, AnalysisError)
 
     field_names = classmethod(field_names)
+
+    def scoring(self) -> ScoringOptions:
+        """The scoring part of these options (:func:`analysis.scoring.score_rows`)."""
+        return ScoringOptions(
+            protocols=self.protocols, seeds=self.seeds, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+            progress=self.progress, free_running_groups=self.free_running_groups, seed=self.seed,
+            free_running_variants=self.free_running_variants,
+            prompt_only_temperature=self.prompt_only_temperature if self.prompt_only else None,
+        )
