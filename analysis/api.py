@@ -63,15 +63,15 @@ def run_analysis(
         tokenizer: its tokenizer (with a chat template and a pad token).
         rows: control-data rows (a ``datasets.Dataset``, e.g. from
             :func:`steerdeco.control.load_control_data`, or a list of row dicts).
-        out_dir: results folder to write (see :func:`write_results`); ``None``: nothing is written and
+        out_dir: results folder to write (see :func:`analysis.results.write_results`); ``None``: nothing is written and
             the markdown has no figures.
-        protocols, seeds, max_new_tokens, batch_size, free_running_groups: scoring (see :func:`score_rows`).
-        split, max_groups, seed: which rows (see :func:`select_rows`); ``seed`` also seeds the bootstrap
+        protocols, seeds, max_new_tokens, batch_size, free_running_groups: scoring (see :class:`~analysis.options.ScoringOptions`).
+        split, max_groups, seed: which rows (see :func:`analysis.data.select_rows`); ``seed`` also seeds the bootstrap
             and the ``free_running_groups`` subset.
         n_boot, figures, overwrite: the report (see :func:`analysis.report.write_report`).
         run_info: written as ``run.json`` (and summarised in ``report.md``) when given.
         free_running_variants, prompt_only_temperature: which rows generate text, and the
-            prompt-only baseline's temperature (None: no baseline); see :func:`score_rows`.
+            prompt-only baseline's temperature (None: no baseline); see :class:`~analysis.options.ScoringOptions`.
         seen: named values of the train prompts (:func:`analysis.steering.seen_targets`); None:
             taken from the ``train`` rows among ``rows`` (pass every row, ``split`` picks the analysed ones).
         backbone_cache, max_response_tokens: teacher-forced scores from the training's backbone cache
