@@ -1,6 +1,6 @@
 """Is a command's effect a constant shift of T, or token-level change?
 
-Teacher-forced variant scores only (schema in :mod:`analysis.consistency`): every variant of a
+Teacher-forced variant scores only (schema in :mod:`analysis.schema`): every variant of a
 group scores the same response, so the per-token values align. For each commanded row and its
 group's no-command row of the same seed, the per-token difference ``d = x_cmd - x_none`` (length
 L, ``x`` = T or P) splits exactly into
@@ -25,7 +25,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .consistency import COMMANDED, VARIANTS, _bootstrap_means, validate_scores
+from steerdeco.rows import VARIANTS
+
+from .schema import COMMANDED, validate_scores
+from .statistics import bootstrap_means
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ def decomposition_summary(
         lo = hi = math.nan
         if shares.size >= 2:
             rng = np.random.default_rng(seed)
-            boot = _bootstrap_means(shares[:, None], n_boot, rng)[:, 0]
+            boot = bootstrap_means(shares[:, None], n_boot, rng)[:, 0]
             lo, hi = (float(v) for v in np.percentile(boot, [50 * (1 - ci), 50 * (1 + ci)]))
         ss_total = cell["ss_total"].sum()
         row = dict(zip(["metric", "variant", *by], keys, strict=True))
@@ -231,7 +234,8 @@ def decomposition(
 
 def decomposition_display(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Strings table of :func:`decomposition_summary`."""
-    from .consistency import LABELS, METRIC_LABELS, format_ci, format_number
+    from .formatting import format_ci, format_number
+    from .schema import LABELS, METRIC_LABELS
 
     rows = []
     for _, row in summary.iterrows():

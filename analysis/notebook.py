@@ -7,7 +7,7 @@
 3. ``results/`` or ``../results/`` when it holds saved scores (the CLI's default ``--out``, seen from
    the repository root or from ``notebooks/``);
 4. otherwise the ``setting``: ``"tiny"``: seeded synthetic scores with planted effects
-   (:func:`analysis.consistency.synthetic_scores`, no model, a second); ``"tiny-model"``: a random
+   (:func:`analysis.synthetic.synthetic_scores`, no model, a second); ``"tiny-model"``: a random
    tiny model with jittered fresh heads scored on synthetic control rows (torch, a few seconds; the
    heads are untrained, so expect no effects).
 
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .consistency import format_consistency_table, format_stats_table, markdown_table, synthetic_scores
+from .formatting import format_consistency_table, format_stats_table, markdown_table
 from .scores_io import has_results, load_results
+from .synthetic import synthetic_scores
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ def tiny_model_scores(protocol: str = "teacher_forced", seed: int = 0, seeds: Se
     from steerdeco.testing import tiny_model_and_tokenizer
     from steerdeco.training.synthetic import synthetic_control_records
 
-    from .cli import score_rows, select_rows
+    from .data import select_rows
+    from .options import ScoringOptions
+    from .scoring import score_rows
 
     base, tokenizer = tiny_model_and_tokenizer(seed=seed)
     model = AutoDecoModel(base)
@@ -86,7 +89,8 @@ def tiny_model_scores(protocol: str = "teacher_forced", seed: int = 0, seeds: Se
         for parameter in model.heads.parameters():  # fresh heads predict a constant T and P; jitter them
             parameter.add_(0.05 * torch.randn_like(parameter))
     rows = select_rows(synthetic_control_records(num_prompts, num_prompts // 2), split="all")
-    return score_rows(model, tokenizer, rows, [protocol], seeds=seeds, max_new_tokens=max_new_tokens, progress=False)[protocol]
+    options = ScoringOptions(protocols=[protocol], seeds=seeds, max_new_tokens=max_new_tokens, progress=False)
+    return score_rows(model, tokenizer, rows, options)[protocol]
 
 
 def notebook_scores(
@@ -128,6 +132,7 @@ def show_figure(fig, dpi: int = 100) -> None:
 
 
 def show_markdown(text: str) -> None:
+    """Display Markdown ``text`` in the running notebook."""
     from IPython.display import Markdown, display
 
     display(Markdown(text))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from steerdeco.io import atomic_write_with
 
 logger = logging.getLogger(__name__)
 
@@ -29,32 +30,9 @@ METRIC_NAMES = {"temperature": "temperature T", "top_p": "top-p P"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file in ``path``'s folder, then ``os.replace`` it into place.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_figure(fig, path: str | os.PathLike, overwrite: bool = False, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG at ``path`` atomically (see :func:`atomic_write`)."""
-    path = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"), overwrite)
+    """Save ``fig`` as PNG at ``path`` atomically (:func:`steerdeco.io.atomic_write_with`; an existing file needs ``overwrite``)."""
+    path = atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"), overwrite)
     logger.info("wrote %s", path)
     return path
 
@@ -129,7 +107,7 @@ def plot_binned_trajectories(
 def plot_dose_response(
     levels: pd.DataFrame, path: str | os.PathLike | None = None, overwrite: bool = False, title: str | None = None
 ):
-    """Mean paired change per signed level with 95% CIs (``levels`` from :func:`analysis.consistency.dose_response`)."""
+    """Mean paired change per signed level with 95% CIs (``levels`` from :func:`analysis.effects.dose_response`)."""
     metrics = list(dict.fromkeys(levels["metric"]))
     fig, axes = _figure(1, len(metrics), (4.5 * len(metrics), 3.6))
     for ax, metric in zip(axes[0, :], metrics, strict=True):

@@ -1,4 +1,4 @@
-"""Write a ``results/`` folder: every table (CSV + JSON), the figures (PNG) and ``report.md``.
+"""The report of some variant scores in one folder: every table (CSV + JSON), the figures (PNG) and ``report.md``.
 
 Typical use (the CLI wires the model in front of it)::
 
@@ -40,28 +40,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from steerdeco.io import atomic_write_text, atomic_write_with, staged_folder
+
 from . import plots
-from .consistency import (
-    breakdowns,
-    consistency_table,
-    dose_response,
-    effect_table,
-    format_consistency_table,
-    format_p,
-    format_stats_table,
-    markdown_table,
-    prepare_scores,
-    target_tracking,
-    validate_scores,
-)
 from .decomposition import decomposition, decomposition_display
+from .effects import breakdowns, consistency_table, dose_response, effect_table, target_tracking
+from .formatting import format_consistency_table, format_p, format_stats_table, markdown_table
+from .schema import prepare_scores, validate_scores
 from .scorecard import (
     json_ready,
     measures_markdown,
@@ -250,18 +240,19 @@ def render_markdown(
             lines += ["### By prompt split (all prompts)", "", format_consistency_table(keys["by_prompt_split"], by=["split"]), ""]
         if "target_tracking" in keys:
             lines += ["### Absolute commands (target temperature)", "", markdown_table(keys["target_tracking"]), ""]
-        if "text_effects" in keys:
-            lines += ["### Effects on the text", "",
-                      "Per instance (one conversation, its samples over seeds): distinct-n = unique / total n-grams, "
-                      "self-BLEU (0..1) of each sample against the others, length in words and generated tokens; "
-                      "Delta is the paired change against the no-command text (95% CI, Wilcoxon p).", "",
-                      markdown_table(text_effects_display(keys["text_effects"])), ""]
-        if "decomposition" in keys:
-            lines += ["### Global shift vs token-level change", "",
-                      "Share of the per-token squared difference (commanded minus no-command, same response) explained by "
-                      "a constant shift, and the per-token RMSE of predicting the commanded values by the no-command "
-                      "values unchanged, shifted by the row's own mean change, or by one global shift per variant.", "",
-                      markdown_table(decomposition_display(keys["decomposition"])), ""]
+        sections = (
+            ("text_effects", "Effects on the text", text_effects_display,
+             "Per instance (one conversation, its samples over seeds): distinct-n = unique / total n-grams, "
+             "self-BLEU (0..1) of each sample against the others, length in words and generated tokens; "
+             "Delta is the paired change against the no-command text (95% CI, Wilcoxon p)."),
+            ("decomposition", "Global shift vs token-level change", decomposition_display,
+             "Share of the per-token squared difference (commanded minus no-command, same response) explained by "
+             "a constant shift, and the per-token RMSE of predicting the commanded values by the no-command "
+             "values unchanged, shifted by the row's own mean change, or by one global shift per variant."),
+        )
+        for key, title, display, intro in sections:
+            if key in keys:
+                lines += [f"### {title}", "", intro, "", markdown_table(display(keys[key])), ""]
         figs = figures.get(protocol, {})
         if figs:
             lines += ["### Figures", ""]
@@ -285,8 +276,8 @@ def _meta(scores: pd.DataFrame, eval_only: bool) -> dict:
 
 
 def _write_table(folder: Path, stem: str, table: pd.DataFrame) -> None:
-    plots.atomic_write(folder / f"{stem}.csv", lambda tmp: table.to_csv(tmp, index=False))
-    plots.atomic_write(folder / f"{stem}.json", lambda tmp: table.to_json(tmp, orient="records", indent=1))
+    atomic_write_with(folder / f"{stem}.csv", lambda tmp: table.to_csv(tmp, index=False), overwrite=False)
+    atomic_write_with(folder / f"{stem}.json", lambda tmp: table.to_json(tmp, orient="records", indent=1), overwrite=False)
 
 
 def analyse_protocols(
@@ -354,36 +345,41 @@ def write_report(
     tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only, prompt_only=prompt_only,
                                      seen=seen)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        fig_files: dict[str, dict[str, str]] = {}
-        if figures:
-            for protocol, scores in given.items():
-                own = {k.split(".", 1)[1]: v for k, v in tables.items() if k.startswith(protocol + ".")}
-                fig_files[protocol] = make_figures(prepare_scores(scores), own, tmp / "figures", protocol, eval_only=eval_only)
-            calibration = calibration_figures(tables, tmp / "figures")
-            if calibration:
-                fig_files["calibration"] = calibration
-        for key, table in tables.items():
-            _write_table(tmp / "tables", key.replace(".", "_"), table)
-        markdown = render_markdown(tables, fig_files, meta)
-        plots.atomic_write(tmp / "report.md", lambda path: Path(path).write_text(markdown, encoding="utf-8"))
-        summary = json_ready({**meta, "tables": sorted(tables), "figures": fig_files})
-        text = json.dumps(summary, indent=1, allow_nan=False)
-        plots.atomic_write(tmp / "summary.json", lambda path: Path(path).write_text(text, encoding="utf-8"))
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
-        if out_dir.exists():
-            if not overwrite:  # appeared meanwhile
-                raise FileExistsError(f"output folder {out_dir} exists; pass overwrite=True to replace it")
-            backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, backup / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    def recheck() -> None:
+        if out_dir.exists() and not overwrite:  # appeared meanwhile
+            raise FileExistsError(f"output folder {out_dir} exists; pass overwrite=True to replace it")
+
+    with staged_folder(out_dir, recheck) as folder:
+        markdown = write_report_files(folder, given, tables, meta, figures=figures, eval_only=eval_only)
     logger.info("wrote %s (%d tables)", out_dir, len(tables))
     return markdown, tables
+
+
+def write_report_files(
+    folder: Path,
+    given: Mapping[str, pd.DataFrame],
+    tables: Mapping[str, pd.DataFrame],
+    meta: Mapping,
+    figures: bool = True,
+    eval_only: bool = True,
+    appendix: str | None = None,
+) -> str:
+    """Write the figures, ``tables/``, ``report.md`` (with ``appendix`` at the end) and ``summary.json``
+    of :func:`analyse_protocols`' ``tables`` and ``meta`` into ``folder``; returns the Markdown."""
+    fig_files: dict[str, dict[str, str]] = {}
+    if figures:
+        for protocol, scores in given.items():
+            own = {k.split(".", 1)[1]: v for k, v in tables.items() if k.startswith(protocol + ".")}
+            fig_files[protocol] = make_figures(prepare_scores(scores), own, folder / "figures", protocol, eval_only=eval_only)
+        calibration = calibration_figures(tables, folder / "figures")
+        if calibration:
+            fig_files["calibration"] = calibration
+    for key, table in tables.items():
+        _write_table(folder / "tables", key.replace(".", "_"), table)
+    markdown = render_markdown(tables, fig_files, meta)
+    if appendix:
+        markdown = markdown.rstrip("\n") + "\n\n" + appendix
+    atomic_write_text(folder / "report.md", markdown)
+    summary = json_ready({**meta, "tables": sorted(tables), "figures": fig_files})
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    return markdown

@@ -11,7 +11,6 @@ into float32 numpy arrays, so ``load_scores(path)`` is ready for every function 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .consistency import validate_scores
+from steerdeco.io import read_jsonl, write_jsonl
+
+from .schema import validate_scores
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,8 @@ def save_scores(scores: pd.DataFrame, path: str | os.PathLike, overwrite: bool =
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         TypeError, ValueError: ``scores`` is not a variant-scores DataFrame.
     """
-    from .plots import atomic_write
-
     validate_scores(scores)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for record in score_records(scores):
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    path = atomic_write(path, write, overwrite=overwrite)
+    path = write_jsonl(path, score_records(scores), overwrite=overwrite)
     logger.info("wrote %d score rows to %s", len(scores), path)
     return path
 
@@ -95,23 +88,14 @@ def load_scores(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no variant-scores file at {path}")
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error})") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            for column in ARRAY_COLUMNS:
-                if column in record:
-                    values = record[column]
-                    record[column] = (
-                        None if values is None else np.array([math.nan if v is None else v for v in values], dtype=np.float32)
-                    )
-            records.append(record)
+    for _, record in read_jsonl(path, "variant scores", ValueError):
+        for column in ARRAY_COLUMNS:
+            if column in record:
+                values = record[column]
+                record[column] = (
+                    None if values is None else np.array([math.nan if v is None else v for v in values], dtype=np.float32)
+                )
+        records.append(record)
     if not records:
         raise ValueError(f"{path} holds no score rows")
     scores = pd.DataFrame.from_records(records)

@@ -1,6 +1,6 @@
 """The parameter-level steering measures of ``MEASURES.md`` on teacher-forced scores, per command split.
 
-Input: teacher-forced *variant scores* (schema in :mod:`analysis.consistency`) of held-out prompts,
+Input: teacher-forced *variant scores* (schema in :mod:`analysis.schema`) of held-out prompts,
 optionally with ``target_temperature`` / ``target_top_p`` (a command that names a value; NaN or
 None otherwise). Every measure is computed separately for each command split (``train`` wordings
 and ``heldout`` wordings); the no-command rows of a prompt are the reference of both.
@@ -15,7 +15,7 @@ the same. Per command split:
   (low 3..1 = -3..-1, none = 0, high 1..3); ``levels_strictly_ordered``: the seven values strictly
   increase (False when a level is missing);
 * ``consistency[metric][d]``: share of prompts whose mean over the direction's rows moves T (P) the
-  commanded way (:func:`analysis.consistency.paired_differences`; ties fail);
+  commanded way (:func:`analysis.effects.paired_differences`; ties fail);
 * ``single_command_consistency[d]``: share of command rows that on their own move T the commanded way;
 * ``full_ordering``: share of prompts with mean T of low rows < none < mean T of high rows;
 * ``dose_response_median_rho``: median over prompts of the Spearman correlation of the signed level
@@ -39,16 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .consistency import (
-    DIRECTIONS,
-    METRICS,
-    add_signed_level,
-    baseline_values,
-    paired_differences,
-    prepare_scores,
-    spearman,
-    validate_scores,
-)
+from .effects import baseline_values, paired_differences
+from .schema import DIRECTIONS, METRICS, add_signed_level, prepare_scores, validate_scores
+from .statistics import spearman
 
 logger = logging.getLogger(__name__)
 

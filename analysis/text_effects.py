@@ -1,13 +1,13 @@
 """Does a command change the generated text, not only the predicted numbers?
 
-For free-running variant scores (schema in :mod:`analysis.consistency`, with a ``text`` column),
+For free-running variant scores (schema in :mod:`analysis.schema`, with a ``text`` column),
 per variant: distinct-1/2/3, self-BLEU, length in words and in generated tokens.
 
 Units: an *instance* is one conversation, i.e. one ``(group_id, variant, level, command_id,
 placement)``; its samples are its texts over the seeds. Text metrics are computed per instance
 (so every instance pools the same number of samples and distinct-n stays comparable), averaged
 within the group per variant, then compared with the group's no-command instance exactly like the
-T/P effects (:func:`analysis.consistency.effect_table`: bootstrap CI of the mean paired difference,
+T/P effects (:func:`analysis.effects.effect_table`: bootstrap CI of the mean paired difference,
 sign and Wilcoxon tests, d_z; no "consistency" since text metrics have no commanded sign).
 
 * ``distinct_n``: unique n-grams / total n-grams over the instance's samples (n-grams do not
@@ -43,7 +43,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .consistency import DIRECTIONS, effect_table, paired_differences, paired_stats, validate_scores
+from .effects import effect_table, paired_differences
+from .schema import DIRECTIONS, validate_scores
+from .statistics import paired_stats
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def instance_text_metrics(scores: pd.DataFrame) -> pd.DataFrame:
     Returns:
         DataFrame ``group_id, variant, level, command_id, placement, command_split, split,
         n_samples`` + :data:`TEXT_MEASURES`, with ``seed = 0`` so the paired statistics of
-        :mod:`analysis.consistency` apply directly.
+        :mod:`analysis.effects` apply directly.
 
     Raises:
         ValueError: no ``text`` column or no non-empty text.
@@ -161,7 +163,7 @@ def text_effects(
     """Text metrics per variant and their paired change against the no-command text.
 
     Returns:
-        :func:`analysis.consistency.effect_table` over the instance metrics: one row per
+        :func:`analysis.effects.effect_table` over the instance metrics: one row per
         ``(metric, variant, *by)`` where ``metric`` is a text measure (``distinct_1`` ...),
         ``mean_value`` its mean over groups, ``delta`` ... the paired change vs ``none``.
         Measures that are NaN everywhere (self-BLEU with one seed) are left out (logged).
@@ -179,7 +181,10 @@ def text_effects(
 def text_effects_display(tidy: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Strings table of :func:`text_effects`: one row per measure; per variant its mean value and,
     for commanded variants, ``Delta [CI] (p=Wilcoxon)`` against the no-command text."""
-    from .consistency import LABELS, VARIANTS, format_ci, format_number
+    from steerdeco.rows import VARIANTS
+
+    from .formatting import format_ci, format_number
+    from .schema import LABELS
 
     variants = [v for v in VARIANTS if v in set(tidy["variant"])]
     rows = []
@@ -199,7 +204,7 @@ def text_effects_display(tidy: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def _p_note(p) -> str:
-    from .consistency import format_p
+    from .formatting import format_p
 
     text = format_p(p)
     return f"(p{text})" if text.startswith("<") else f"(p={text})"

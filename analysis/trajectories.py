@@ -1,6 +1,6 @@
 """Per-token T and P along the response: one prompt's trajectories, and position-binned means.
 
-Input: variant scores (schema in :mod:`analysis.consistency`). Outputs are long DataFrames that
+Input: variant scores (schema in :mod:`analysis.schema`). Outputs are long DataFrames that
 :mod:`analysis.plots` draws:
 
 * :func:`select_trajectory` -> one row per ``(variant, position)`` of one group and seed:
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .consistency import LABELS, validate_scores
+from .schema import LABELS, validate_scores
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ import time
 
 import torch
 
-from analysis.cli import run_analysis
-from steerdeco.training import SteeringConfig, SteeringTrainer, load_base_model, select_split
+from analysis import run_analysis
+from steerdeco.rows import select_split
+from steerdeco.training import SteeringConfig, SteeringTrainer, load_base_model
 from steerdeco.training.synthetic import synthetic_control_records
 
 

@@ -19,7 +19,8 @@ import torch
 
 from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.embedded import load_embedded_model
-from steerdeco.training import SteeringConfig, SteeringTrainer, load_control_rows, select_split
+from steerdeco.rows import TRAINING_COLUMNS, load_control_data, select_split
+from steerdeco.training import SteeringConfig, SteeringTrainer
 from steerdeco.training.synthetic import synthetic_control_rows
 
 
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> float:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.dataset_path:
-        rows = select_split(load_control_rows(args.dataset_path), "train")
+        rows = select_split(load_control_data(args.dataset_path, required=TRAINING_COLUMNS), "train")
     else:
         rows = select_split(synthetic_control_rows(num_prompts=12, num_eval_prompts=0, response_repeats=2), "train")
     base, tokenizer = load_embedded_model()

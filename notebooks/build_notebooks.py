@@ -35,7 +35,7 @@ Every commanded variant of a prompt is paired with the same prompt's no-command 
 differences are averaged within each prompt group, and the groups are the units: mean change
 (Delta) with a 95% bootstrap CI, consistency (share of groups moving in the commanded direction),
 sign and Wilcoxon tests, effect sizes. Tables use held-out prompts (`split == "eval"`) when the
-scores have any. See `analysis/consistency.py` for the definitions and `python -m analysis` for the
+scores have any. See `analysis/effects.py` and `analysis/statistics.py` for the definitions and `python -m analysis` for the
 run that produces a results folder."""),
     ("parameters", PARAMETERS_NOTE + """\
 RESULTS = None
@@ -120,7 +120,7 @@ BIN_WIDTH = 4  # tokens per bin for the absolute-position plot
 SEED = 0"""),
     ("code", """\
 from analysis import plots
-from analysis.consistency import markdown_table
+from analysis.formatting import markdown_table
 from analysis.notebook import notebook_scores, show_figure, show_markdown
 from analysis.report import held_out
 from analysis.trajectories import binned_trajectories, example_group, select_trajectory

@@ -16,17 +16,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from steerdeco.control.build import DEFAULT_OUT, BuildConfig, BuildResult, build_control_data
-from steerdeco.control.errors import ControlDataError
 from steerdeco.control.insertion import PLACEMENT_MODES
 from steerdeco.control.prompts import SPECIAL_SOURCES
 from steerdeco.control.responses import RESPONSE_MODES
-from steerdeco.io import read_yaml_options
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-CLI_ONLY_KEYS = ("log_level",)
+from steerdeco.errors import ControlDataError
+from steerdeco.options import add_run_flags, merge_config
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
@@ -93,33 +89,15 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
                        help="folder of the resumable response cache (default: <out>.work next to the output folder)")
 
     group = parser.add_argument_group("output")
-    group.add_argument("--out", metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
-    group.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
-                       help="replace an existing output folder (only once the new one is complete; default: refuse)")
-    group.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show progress bars (default: on)")
-    group.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (default: INFO)")
+    add_run_flags(group, f"output folder (default: {DEFAULT_OUT})",
+                  "replace an existing output folder (only once the new one is complete; default: refuse)")
     return parser
-
-
-def read_config_file(path: str | Path) -> dict:
-    """Options from a YAML file, keys normalised to field names.
-
-    Raises:
-        ControlDataError: a missing or malformed file, or an unknown key (named in the message).
-    """
-    return read_yaml_options(path, BuildConfig.field_names() + CLI_ONLY_KEYS, ControlDataError)
 
 
 def resolve_options(args: argparse.Namespace) -> tuple[BuildConfig, str]:
     """Merge ``--config`` (if any) under the command-line options; returns the config and the log level."""
-    options = {k: v for k, v in vars(args).items() if v is not None}  # None: not given
-    config_file = options.pop("config", None)
-    merged = read_config_file(config_file) if config_file else {}
-    merged.update(options)
-    log_level = merged.pop("log_level", None) or "INFO"
-    if log_level not in LOG_LEVELS:
-        raise ControlDataError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    return BuildConfig(**merged), log_level
+    options, log_level = merge_config(args, BuildConfig.field_names(), ControlDataError)
+    return BuildConfig(**options), log_level
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> BuildResult:

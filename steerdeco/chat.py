@@ -72,6 +72,37 @@ def pad_batch(examples: list[dict], pad_token_id: int, padding_side: str = "righ
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, "response_start": torch.tensor(starts)}
 
 
+def pad_responses(
+    rows: list[tuple[list[int], int]], lengths: list[int], pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-pad ``(input_ids, response_start)`` rows and index their responses, ``lengths[i]`` tokens each.
+
+    Returns ``input_ids``/``attention_mask [R, L]`` (``L`` = longest row), ``response_positions [R, N]``
+    (the position whose prediction scores response token ``j``: ``response_start - 1 + j``; ``N`` =
+    longest response), ``response_targets [R, N]`` (token ``j``; 0 past the end) and ``response_mask [R, N]``.
+    """
+    length = max(len(ids) for ids, _ in rows)
+    width = max(lengths)
+    count = len(rows)
+    input_ids = torch.full((count, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((count, length), dtype=torch.long)
+    positions = torch.zeros((count, width), dtype=torch.long)
+    targets = torch.zeros((count, width), dtype=torch.long)
+    for i, ((ids, start), n) in enumerate(zip(rows, lengths, strict=True)):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        positions[i, :n] = torch.arange(start - 1, start - 1 + n)
+        targets[i, :n] = input_ids[i, start : start + n]
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_positions": positions,
+        "response_targets": targets,
+        "response_mask": mask,
+    }
+
+
 def response_parameters(
     temperature: torch.Tensor, top_p: torch.Tensor, labels: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -232,6 +232,7 @@ class DecodingTrace:
 
     @property
     def generated(self) -> torch.Tensor:
+        """The new tokens ``[B, S]`` (``sequences`` after the prompt)."""
         return self.sequences[:, self.prompt_length :]
 
     def rows(self) -> list[dict]:

@@ -9,7 +9,7 @@
 2. **training**: ``configs/demo.yaml`` (head-only AutoDeco + steering objective, from a cache of the
    frozen backbone) through :func:`steerdeco.train.main`;
 3. **analysis**: teacher-forced and free-running scores of the held-out prompts, consistency
-   statistics, trajectories and text effects (:func:`analysis.cli.run_analysis`), written as a
+   statistics, trajectories and text effects (:func:`analysis.run_analysis`), written as a
    Markdown report with CSV/JSON tables and PNG figures;
 
 and prints the consistency table and a table of the time each stage took at the end (also in
@@ -185,7 +185,7 @@ def training_config(args: argparse.Namespace, data: Path, folder: Path):
 
 
 def main(args: argparse.Namespace) -> int:
-    from analysis.cli import run_analysis
+    from analysis import run_analysis
 
     from .control import BuildConfig, build_control_data, load_control_data
     from .io import atomic_write_text
@@ -301,7 +301,7 @@ def ordering_from_scores(tables: dict, summarize) -> dict:
 
 
 def final_summary(folder: Path, tables: dict, ordering: dict, timing: str) -> str:
-    from analysis.consistency import format_consistency_table
+    from analysis.formatting import format_consistency_table
 
     lines = ["", "=" * 100, "Consistency on held-out prompts (teacher-forced; 95% bootstrap intervals)", ""]
     main_table = tables.get("teacher_forced.main")

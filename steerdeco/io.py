@@ -1,8 +1,9 @@
-"""Safe file input and output: atomic writes with one file mode, strict YAML/JSON reading, owned output folders.
+"""Safe file input and output: atomic writes with one file mode, strict YAML/JSON/JSONL reading, owned output folders.
 
 * Writes go to a temporary sibling that is renamed onto the target (``os.replace``), so readers never
   see half a file; the result gets the mode a plain ``open`` would give (``0o666`` less the umask).
-* YAML and JSON are read with duplicate keys refused (the error names the key and its line).
+  A whole folder is assembled in a hidden sibling and swapped in (:func:`staged_folder`).
+* YAML, JSON and JSON Lines are read with duplicate keys refused (the error names the key and its line).
 * A folder a tool writes carries a marker file (:data:`OUTPUT_MARKER`) naming the tool; a folder is
   only ever replaced or cleared by the tool that wrote it, and only when the user asked for it.
 """
@@ -12,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 OUTPUT_MARKER = ".steerdeco-output"
@@ -53,18 +55,78 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
-    """Call ``writer(temporary_path)`` and move the result onto ``path``."""
+def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None], overwrite: bool = True) -> Path:
+    """Call ``writer(temporary_path)`` and move the result onto ``path``; returns ``path``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     with atomic_path(path) as tmp:
         writer(str(tmp))
+    return path
+
+
+def to_jsonl(records: Iterable[Mapping]) -> str:
+    """One JSON object per line, UTF-8 kept as is (``ensure_ascii=False``)."""
+    return "".join(json.dumps(dict(record), ensure_ascii=False) + "\n" for record in records)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping], overwrite: bool = True) -> Path:
+    """Write ``records`` as JSON Lines at ``path``, atomically (see :func:`atomic_write_with`)."""
+    text = to_jsonl(records)
+    return atomic_write_with(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def replace_folder(new: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move folder ``new`` onto ``out``; an existing ``out`` is kept aside until ``new`` is in place (restored on failure)."""
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    try:
+        os.replace(out, backup / out.name)
+        try:
+            os.replace(new, out)
+        except BaseException:
+            os.replace(backup / out.name, out)
+            raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike, recheck: Callable[[], object] | None = None) -> Iterator[Path]:
+    """Yield a hidden sibling folder of ``out`` to fill; when the block succeeds it replaces ``out``.
+
+    ``recheck()`` runs just before the swap (e.g. refuse an ``out`` that appeared meanwhile). The
+    staging folder gets the mode a plain ``mkdir`` gives; it is removed when anything fails.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(staging, folder_mode())  # mkdtemp makes it private; an output folder should not be
+        yield staging
+        if recheck is not None:
+            recheck()
+        replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 # -- strict YAML and JSON -------------------------------------------------------------------------
@@ -154,7 +216,8 @@ def load_json_text(text: str, source: str, error: type[Exception] = ValueError, 
         return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         where = f"{source}:{line if line is not None else exc.lineno}"
-        raise error(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        problem = "malformed JSON" if line is not None else "not valid JSON"  # a JSONL line, or a whole file
+        raise error(f"{where}: {problem} ({exc.msg}, column {exc.colno})") from None
     except KeyError as exc:
         key = exc.args[0]
         at = line if line is not None else _line_of_duplicate_key(text)
@@ -188,30 +251,22 @@ def read_json_file(path: str | os.PathLike, what: str, error: type[Exception] = 
     return load_json_text(read_text_file(path, what, error), f"{what} {path}", error)
 
 
-def read_yaml_options(
-    path: str | os.PathLike, known: Sequence[str], error: type[Exception] = ValueError
-) -> dict[str, object]:
-    """Options from a YAML ``--config`` file, keys normalised to field names (``max-prompts`` -> ``max_prompts``).
+def read_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line number, object)`` for every non-blank line of a JSON Lines file, read strictly.
 
     Raises:
-        ``error``: a missing, unreadable or malformed file, a duplicate key, a file that is not a mapping,
-        or an unknown key (named, with the known keys, in the message).
+        error: the file is missing, a folder, unreadable or not UTF-8, or a line is not valid JSON,
+            repeats a key, is not a JSON object or holds a lone surrogate (file and line named).
     """
-    path = Path(path)
-    data = read_yaml_file(path, "--config", error)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise error(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
-    options = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise error(f"--config {path}: unknown key {key!r}; known keys: {', '.join(known)}")
-        if name in options:
-            raise error(f"--config {path}: {key!r} gives option {name!r} a second time; keep one of them")
-        options[name] = value
-    return options
+    text = read_text_file(path, what, error)
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        record = load_json_text(line, f"{what} {path}", error, line=number)
+        if not isinstance(record, dict):
+            raise error(f"{what} {path}:{number}: expected a JSON object, got {type(record).__name__}")
+        check_text_values(record, f"{what} {path}:{number}", error)
+        yield number, record
 
 
 # -- owned output folders -------------------------------------------------------------------------
@@ -228,6 +283,25 @@ def output_owner(folder: str | os.PathLike) -> str | None:
 def mark_output(folder: str | os.PathLike, tool: str) -> None:
     """Write ``folder``'s marker file naming ``tool`` (the folder is created if needed)."""
     atomic_write_text(Path(folder) / OUTPUT_MARKER, json.dumps({"tool": tool}) + "\n")
+
+
+def check_output_folder(
+    folder: str | os.PathLike, tool: str, overwrite: bool, flag: str = "--overwrite",
+    error: type[Exception] = ValueError, option: str = "--out",
+) -> Path:
+    """``folder`` (the tool's ``option``) as a Path, refused as :func:`check_replaceable` says, the option named.
+
+    Raises:
+        error: ``folder`` is a file, or a non-empty folder without ``overwrite`` or not written by ``tool``.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise error(f"{option} {folder} is a file, not a folder; choose another {option}")
+    try:
+        check_replaceable(folder, tool, overwrite, flag, error)
+    except error as exc:
+        raise error(f"{option}: {exc}") from None
+    return folder
 
 
 def check_replaceable(

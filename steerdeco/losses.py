@@ -51,6 +51,7 @@ class LogitSlots:
         )
 
     def to(self, device: torch.device | str) -> LogitSlots:
+        """The same slots on ``device``."""
         return LogitSlots(
             self.values.to(device),
             None if self.counts is None else self.counts.to(device),

@@ -6,7 +6,7 @@ read at the response positions. Rows of a batch are variants; ``groups`` says wh
 together.
 
 * :func:`pairwise_ranking_loss` orders the variants of a group by their *signed level*
-  (:func:`signed_level`: low k -> -k, none -> 0, high k -> +k): for every pair of rows of a group
+  (:func:`steerdeco.rows.signed_level`: low k -> -k, none -> 0, high k -> +k): for every pair of rows of a group
   with different signed levels, the one with the higher level must predict a value larger by at
   least ``margin`` (a hinge), compared token by token or on sequence means.
 * :func:`placebo_loss` pulls placebo variants (commands that say nothing about randomness) toward
@@ -30,27 +30,6 @@ import math
 import torch
 
 REDUCTIONS = ("token", "sequence")
-VARIANTS = ("none", "low", "high", "placebo", "named")
-
-
-def signed_level(variant: str, level: int) -> float:
-    """Position of a variant on the randomness scale: low k -> -k, none -> 0, high k -> +k, placebo/named -> NaN.
-
-    A ``named`` command names a value ("temperature 0.3"), whose place against no command depends on
-    the prompt; it takes part in no ranking.
-
-    Raises:
-        ValueError: an unknown variant, or a low/high variant with a level below 1.
-    """
-    if variant == "none":
-        return 0.0
-    if variant in ("placebo", "named"):
-        return math.nan
-    if variant not in ("low", "high"):
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-    if level is None or int(level) < 1:
-        raise ValueError(f"a {variant!r} variant needs an intensity level >= 1, got {level!r}")
-    return float(-int(level) if variant == "low" else int(level))
 
 
 def _check(values: torch.Tensor, mask: torch.Tensor, *per_row: torch.Tensor) -> None:
@@ -105,7 +84,7 @@ def pairwise_ranking_loss(
         values: ``[R, N]`` per-token predictions (temperature or top-p) along the shared response.
         mask: ``[R, N]`` bool, the real response positions (rows of a group share it).
         groups: ``[R]`` group id of each row.
-        levels: ``[R]`` signed level (:func:`signed_level`); NaN rows (placebo) are left out.
+        levels: ``[R]`` signed level (:func:`steerdeco.rows.signed_level`); NaN rows (placebo) are left out.
         margin: how much larger the higher-level value must be; ``>= 0``.
         reduction: ``"token"`` compares position by position (hinge averaged over the positions of
             the pair), ``"sequence"`` compares the two rows' means.
@@ -270,7 +249,7 @@ def level_offsets(levels: torch.Tensor, low_ratios, high_ratios) -> torch.Tensor
     """``[R]`` log ratio each row's level asks for: low k -> ``log(low_ratios[k-1])``, high k ->
     ``log(high_ratios[k-1])``; NaN for no-command, placebo and named rows and for levels beyond the lists.
 
-    levels: ``[R]`` signed levels (:func:`signed_level`).
+    levels: ``[R]`` signed levels (:func:`steerdeco.rows.signed_level`).
     """
     offsets = torch.full(levels.shape, math.nan, dtype=torch.float32, device=levels.device)
     for sign, ratios in ((-1, low_ratios), (1, high_ratios)):

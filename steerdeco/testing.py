@@ -123,3 +123,15 @@ def tiny_model_and_tokenizer(arch: str = "llama", seed: int = 0, **config_overri
         if getattr(tokenizer, name) != getattr(model.config, name):
             raise RuntimeError(f"tiny tokenizer {name}={getattr(tokenizer, name)} does not match the tiny config")
     return model, tokenizer
+
+
+def jitter_heads(model, seed: int = 0, scale: float = 0.05):
+    """Add seeded ``N(0, scale)`` noise to every heads parameter of an ``AutoDecoModel``, in place; returns it.
+
+    Fresh heads predict a constant T and P; jittered heads give values that depend on the input.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.heads.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return model

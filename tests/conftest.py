@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from steerdeco.rows import select_split
 from steerdeco.testing import tiny_model_and_tokenizer
-from steerdeco.training.collator import select_split
 from steerdeco.training.synthetic import synthetic_control_rows
 
 

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from analysis import plots
-from analysis.cli import AnalysisError, cli, main, run_analysis
-from analysis.consistency import format_consistency_table, synthetic_scores
-from analysis.notebook import notebook_scores, tiny_model_scores
-from analysis.scores_io import SCORE_FILES, load_results, load_scores, save_scores
+from analysis.cli import cli, main
+from analysis.formatting import format_consistency_table
+from analysis.scores_io import SCORE_FILES, load_results
 from steerdeco import AutoDecoModel
 from steerdeco.control import BuildConfig, build_control_data
-from steerdeco.testing import tiny_model, tiny_model_and_tokenizer
+from steerdeco.errors import AnalysisError
+from steerdeco.testing import jitter_heads, tiny_model, tiny_model_and_tokenizer
 from steerdeco.training import load_base_model
-from steerdeco.training.synthetic import synthetic_control_records
 
 PROMPTS = [
     "Write a short poem about the sea.",
@@ -30,24 +27,6 @@ PROMPTS = [
     "Tell a story about a robot.",
 ]
 FAST = ["--n-boot", "30", "--no-progress", "--log-level", "WARNING"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are microseconds: extra threads only contend (a shared 2-core machine is 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def jitter_heads(model: AutoDecoModel, seed: int = 0) -> AutoDecoModel:
-    """Fresh heads predict a constant T and P; jitter them so the values depend on the input."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.heads.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -126,21 +105,6 @@ def test_cli_writes_the_prompt_only_baseline_and_the_scorecard(full_run):
     assert summary["scorecard"][0]["key"] == "baseline_t" and "## Scorecard (issues 12 and 16)" in result.markdown
     run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run_info["prompt_only_temperature"] == 1.0 and run_info["free_running_variants"] == "none,low3,high3,placebo,zero"
-
-
-@pytest.mark.parametrize(
-    ("options", "match"),
-    [
-        ({"free_running_variants": "low3,medium"}, "--free-running-variants: unknown variant selector 'medium'"),
-        ({"prompt_only_temperature": 0}, "--prompt-only-temperature must be a number > 0"),
-        ({"prompt_only": "yes"}, "--prompt-only must be true or false"),
-    ],
-)
-def test_new_options_are_checked(options, match):
-    from analysis.cli import AnalysisConfig
-
-    with pytest.raises(AnalysisError, match=match):
-        AnalysisConfig(heads="h", data="d", **options)
 
 
 def test_cli_prints_the_consistency_table(setup, capsys):
@@ -254,81 +218,3 @@ def test_cli_exits_with_status_2_and_one_line(tmp_path, capsys):
         cli(["--heads", str(tmp_path / "missing"), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "python -m analysis: error: --heads" in capsys.readouterr().err
-
-
-# -- Python entry point ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def in_memory():
-    base, tokenizer = tiny_model_and_tokenizer(seed=0)
-    return jitter_heads(AutoDecoModel(base), seed=1), tokenizer, synthetic_control_records(num_prompts=6, num_eval_prompts=3)
-
-
-def test_run_analysis_in_memory(in_memory, tmp_path):
-    model, tokenizer, rows = in_memory
-    tokenizer.padding_side = "right"
-    markdown, tables = run_analysis(model, tokenizer, rows, protocols=["teacher_forced", "free_running"], seeds=(0, 1),
-                                    max_new_tokens=4, free_running_groups=3, free_running_variants="all", split="all",
-                                    n_boot=30, progress=False)
-    assert tokenizer.padding_side == "right"  # restored after free-running generation
-    assert "### Consistency (held-out prompts, all phrasings)" in markdown and "](figures/" not in markdown
-    for protocol in ("teacher_forced", "free_running"):
-        main_table = tables[f"{protocol}.main"]
-        assert {"none", "low", "high"} <= set(main_table["variant"])
-    assert tables["scores.teacher_forced"]["group_id"].nunique() == 6  # every group teacher-forced, 3 free-running
-    assert tables["scores.free_running"]["group_id"].nunique() == 3 and set(tables["scores.free_running"]["seed"]) == {0, 1}
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_run_analysis_writes_a_folder(in_memory, tmp_path):
-    model, tokenizer, rows = in_memory
-    out = tmp_path / "results"
-    markdown, tables = run_analysis(model, tokenizer, rows, out, protocols=("teacher_forced",), split="all", n_boot=30,
-                                    figures=False, progress=False, run_info={"heads": "in memory"})
-    assert (out / "report.md").read_text(encoding="utf-8") == markdown and "* heads: `in memory`" in markdown
-    assert sorted(load_results(out)) == ["teacher_forced"]
-    assert "teacher_forced.by_prompt_split" in tables
-    with pytest.raises(AnalysisError, match="pass --overwrite \\(overwrite=True\\)"):
-        run_analysis(model, tokenizer, rows, out, protocols=("teacher_forced",), progress=False)
-    no_response = [{**r, "response": None} for r in rows]
-    with pytest.raises(AnalysisError, match="rows have no response"):
-        run_analysis(model, tokenizer, no_response, protocols=("teacher_forced",), progress=False)
-
-
-# -- scores files and notebook helpers ------------------------------------------------------------
-def test_scores_round_trip(tmp_path):
-    scores = synthetic_scores(n_groups=3, phrasings=1, n_tokens=(3, 6), texts=True, seed=1)
-    scores.at[0, "temperature"] = np.array([0.5, math.nan, 1.25], dtype=np.float32)
-    path = save_scores(scores, tmp_path / "s.jsonl")
-    first = json.loads(path.read_text().splitlines()[0])
-    assert first["temperature"] == [0.5, None, 1.25] and first["command_id"] is None
-    back = load_scores(path)
-    assert list(back.columns) == list(scores.columns)
-    assert back["temperature"][0].dtype == np.float32 and math.isnan(back["temperature"][0][1])
-    for a, b in zip(back["top_p"], scores["top_p"], strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    pd.testing.assert_series_equal(back["text"], scores["text"])
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        save_scores(scores, path)
-    with pytest.raises(FileNotFoundError, match="holds no score files"):
-        load_results(tmp_path)
-
-
-def test_notebook_scores_sources(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("STEERDECO_RESULTS", raising=False)
-    scores, source = notebook_scores(None, "tiny", "free_running")
-    assert "synthetic" in source and scores["text"].notna().all() and sorted(scores["seed"].unique()) == [0, 1]
-    save_scores(scores, tmp_path / "results" / SCORE_FILES["free_running"])
-    scores2, source2 = notebook_scores(None, "tiny", "free_running")  # ./results is picked up
-    assert source2 == "free_running scores of results" and len(scores2) == len(scores)
-    with pytest.raises(ValueError, match="not 'teacher_forced'"):
-        notebook_scores(None, "tiny", "teacher_forced")
-    monkeypatch.setenv("STEERDECO_RESULTS", str(tmp_path / "nothing"))
-    with pytest.raises(FileNotFoundError, match="STEERDECO_RESULTS"):
-        notebook_scores(None, "tiny", "free_running")
-
-
-def test_tiny_model_scores_vary():
-    scores = tiny_model_scores("teacher_forced", num_prompts=4)
-    assert set(scores["variant"]) == {"none", "low", "high", "placebo", "named"}
-    assert np.concatenate(list(scores["temperature"])).std() > 0

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.cli import run_analysis
+from analysis.api import run_analysis
 from analysis.collect import teacher_forced_scores
 from steerdeco import AutoDecoModel, HeadsConfig
 from steerdeco.chat import encode_example
-from steerdeco.testing import tiny_model_and_tokenizer
+from steerdeco.testing import jitter_heads, tiny_model_and_tokenizer
 from steerdeco.training.cache import CACHE_FILE, BackboneCache, build_backbone_cache, load_or_build_cache
 from steerdeco.training.synthetic import synthetic_control_records
 
@@ -24,12 +24,7 @@ def jittered_model(context_features: bool, top_p_features: bool = True, **heads)
     base, tokenizer = tiny_model_and_tokenizer(seed=0)
     config = HeadsConfig(hidden_size=base.config.hidden_size, mlp_width=32, context_features=context_features,
                          top_p_features=top_p_features, **heads)
-    model = AutoDecoModel(base, config).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.heads.parameters():
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-    return model, tokenizer
+    return jitter_heads(AutoDecoModel(base, config).eval(), seed=1, scale=0.2), tokenizer
 
 
 def rows_and_examples(tokenizer, max_response_tokens=None):

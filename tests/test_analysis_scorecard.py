@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.consistency import synthetic_scores
 from analysis.report import write_report
-from analysis.scorecard import TARGETS, json_ready, sample_table, scorecard
+from analysis.scorecard import json_ready, sample_table, scorecard
 from analysis.steering import parameter_measures
+from analysis.synthetic import synthetic_scores
+from analysis.targets import TARGETS
 
 
 def by_key(rows):

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.consistency import synthetic_scores
 from analysis.steering import (
     level_table,
     named_value_rows,
@@ -18,6 +17,7 @@ from analysis.steering import (
     seen_values,
     strictly_ordered,
 )
+from analysis.synthetic import synthetic_scores
 from analysis.text_effects import compression_ratio, instance_text_metrics, text_measures
 
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from steerdeco import build_control_data as cli
+from steerdeco import io as io_module
 from steerdeco.control import (
     BuildConfig,
     ControlDataError,
@@ -35,6 +36,7 @@ from steerdeco.control import prompts as prompts_module
 from steerdeco.control.build import load_library
 from steerdeco.control.prompts import load_builtin_prompts
 from steerdeco.control.responses import read_cache
+from steerdeco.options import CLI_ONLY_KEYS, read_yaml_options
 from steerdeco.testing import tiny_model_and_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -564,7 +566,7 @@ def test_interrupted_write_leaves_the_old_output_untouched(tmp_path, monkeypatch
     def crash(rows):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(output_module, "to_jsonl", crash)
+    monkeypatch.setattr(output_module, "rows_to_jsonl", crash)
     with pytest.raises(KeyboardInterrupt):
         build(tmp_path, prompts=prompts, overwrite=True, seed=9)
     assert (out / "control_data.jsonl").read_bytes() == before
@@ -579,14 +581,14 @@ def test_failed_final_rename_restores_the_old_output(tmp_path, monkeypatch):
     prompts = [str(small_prompts(tmp_path / "p.jsonl", 4))]
     out = build(tmp_path, prompts=prompts).out
     before = (out / "control_data.jsonl").read_bytes()
-    real_replace = output_module.os.replace
+    real_replace = io_module.os.replace
 
     def replace(src, dst):
         if Path(src).name.startswith(".out.tmp-"):
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(output_module.os, "replace", replace)
+    monkeypatch.setattr(io_module.os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
         build(tmp_path, prompts=prompts, overwrite=True, seed=9)
     assert (out / "control_data.jsonl").read_bytes() == before
@@ -743,7 +745,7 @@ def test_help_documents_every_option(capsys):
 
 
 def test_default_config_file_matches_the_defaults():
-    options = cli.read_config_file(REPO / "configs" / "control_data_default.yaml")
+    options = read_yaml_options(REPO / "configs" / "control_data_default.yaml", BuildConfig.field_names() + CLI_ONLY_KEYS)
     assert options.pop("log_level") == "INFO"
     assert BuildConfig(**options) == BuildConfig()
 

@@ -13,8 +13,8 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-from analysis.consistency import synthetic_scores  # noqa: E402
 from analysis.scores_io import save_scores  # noqa: E402
+from analysis.synthetic import synthetic_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

@@ -11,7 +11,6 @@ from steerdeco.ranking import (
     ranking_pairs,
     relative_target_loss,
     sequence_means,
-    signed_level,
 )
 
 NAN = math.nan
@@ -26,19 +25,6 @@ def rows(*per_row_values, length=None):
         values[i, : len(v)] = torch.tensor(v, dtype=torch.float32)
         mask[i, : len(v)] = True
     return values.requires_grad_(True), mask
-
-
-# -- signed levels --------------------------------------------------------------------------------
-def test_signed_level_orders_variants():
-    assert signed_level("low", 3) < signed_level("low", 1) < signed_level("none", 0) < signed_level("high", 1)
-    assert signed_level("high", 2) < signed_level("high", 3)
-    assert math.isnan(signed_level("placebo", 0))
-
-
-@pytest.mark.parametrize(("variant", "level", "match"), [("loud", 1, "unknown variant"), ("low", 0, "level >= 1")])
-def test_signed_level_rejects_bad_rows(variant, level, match):
-    with pytest.raises(ValueError, match=match):
-        signed_level(variant, level)
 
 
 def test_every_pair_of_different_levels_in_a_group_is_a_constraint():

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.cli import AnalysisError
 from analysis.cli import main as analysis_main
 from steerdeco import AutoDecoModel
 from steerdeco.config import HEADS_CONFIG_NAME, HEADS_WEIGHTS_NAME, HeadsConfig
 from steerdeco.control import BuildConfig, ControlDataError, build_control_data, load_commands
-from steerdeco.io import OUTPUT_MARKER, atomic_write_text, read_yaml_options
+from steerdeco.errors import AnalysisError
+from steerdeco.io import OUTPUT_MARKER, atomic_write_text
+from steerdeco.options import read_yaml_options
 from steerdeco.testing import tiny_model, tiny_model_and_tokenizer
 from steerdeco.train import cli
 from steerdeco.training import SteeringConfig, SteeringTrainer, load_trained_model
@@ -26,14 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 FAST_TRAIN = dict(model_name_or_path="tiny", max_steps=2, logit_top_k=32, logit_bins=8, per_device_train_batch_size=2,
                   save_strategy="no", disable_tqdm=True, final_ordering_report=False, seed=0, heads_mlp_width=192,
                   heads_context_features=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +336,7 @@ def test_everything_the_tools_write_is_readable_by_others(tmp_path, data):
 
 
 def test_an_interrupted_analysis_is_resumed_from_its_work_folder(tmp_path, monkeypatch):
-    import analysis.cli as analysis_cli
+    import analysis.api as analysis_api
 
     model, tokenizer = tiny_model_and_tokenizer()
     model.save_pretrained(tmp_path / "model")
@@ -359,7 +352,7 @@ def test_an_interrupted_analysis_is_resumed_from_its_work_folder(tmp_path, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(analysis_cli, "score_rows", interrupted)
+    monkeypatch.setattr(analysis_api, "score_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         analysis_main(argv)
     assert not list(tmp_path.glob(".results.work-*")) and not (tmp_path / "results").exists()

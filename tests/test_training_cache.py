@@ -6,10 +6,11 @@ import pytest
 import torch
 from training_setup import config
 
+from steerdeco.rows import select_split
 from steerdeco.testing import tiny_model_and_tokenizer
 from steerdeco.training import SteeringTrainer, evaluate_ordering, load_or_build_cache
 from steerdeco.training.cache import CACHE_FILE, read_cache_metadata
-from steerdeco.training.collator import encode_groups, select_split
+from steerdeco.training.collator import encode_groups
 from steerdeco.training.synthetic import synthetic_control_rows
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from training_setup import VARIANTS_PER_GROUP
 
-from steerdeco.ranking import VARIANTS
+from steerdeco.rows import VARIANTS
 from steerdeco.testing import tiny_model_and_tokenizer
 from steerdeco.training.collator import SteeringCollator, command_split_names, encode_groups
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from steerdeco.ranking import VARIANTS
+from steerdeco.rows import VARIANTS
 from steerdeco.training.metrics import SteeringMetrics
 
 

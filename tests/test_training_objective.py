@@ -7,9 +7,9 @@ import torch
 from training_setup import config
 
 from steerdeco.heads import MIN_TEMPERATURE
-from steerdeco.ranking import VARIANTS, pairwise_ranking_loss, sequence_means
+from steerdeco.ranking import pairwise_ranking_loss, sequence_means
+from steerdeco.rows import VARIANTS, select_split
 from steerdeco.training import SteeringTrainer, evaluate_ordering
-from steerdeco.training.collator import select_split
 from steerdeco.training.model import MODEL_INPUTS
 from steerdeco.training.objective import SteeringObjective
 from steerdeco.training.synthetic import synthetic_control_rows

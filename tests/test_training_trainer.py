@@ -5,9 +5,9 @@ import math
 import torch
 from training_setup import VARIANTS_PER_GROUP, config, heads_state
 
+from steerdeco.rows import select_split
 from steerdeco.testing import tiny_model_and_tokenizer
 from steerdeco.training import SteeringTrainer, evaluate_ordering, load_trained_model
-from steerdeco.training.collator import select_split
 from steerdeco.training.synthetic import synthetic_control_rows
 
 

@@ -5,20 +5,21 @@
 * :mod:`.insertion`: where a command goes (before / after the prompt, system message);
 * :mod:`.variants`: the prompt-level split and the variants of each group;
 * :mod:`.responses`: shared responses, generated greedily and resumably;
-* :mod:`.output`: atomic writing, the summary, and :func:`load_control_data`;
+* :mod:`.output`: atomic writing and the summary (the rows' contract and reader: :mod:`steerdeco.rows`);
 * :mod:`.build`: one build end to end (what ``python -m steerdeco.build_control_data`` runs).
 
 ``docs/control_data.md`` documents the command-file schema and the row schema.
 """
 
+from ..errors import ControlDataError
+from ..rows import COLUMNS, PROMPT_SPLITS, VARIANTS, features, load_control_data
 from .build import BuildConfig, BuildResult, build_control_data
 from .commands import Command, CommandLibrary, default_commands_path, load_commands, parse_commands
-from .errors import ControlDataError
 from .insertion import PLACEMENTS, insert_command
-from .output import features, load_control_data, summarize
+from .output import summarize
 from .prompts import Prompt, load_gsm8k, load_mtbench, load_prompt_file, load_prompts
 from .responses import generate_responses, greedy_generate, load_model
-from .variants import COLUMNS, PROMPT_SPLITS, VARIANTS, assign_splits, plan_rows
+from .variants import assign_splits, plan_rows
 
 __all__ = [
     "COLUMNS",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import ControlDataError
+from ..options import check_int, field_names, option_name
 from .commands import CommandLibrary, load_commands
-from .errors import ControlDataError
 from .insertion import PLACEMENT_MODES
 from .output import check_output_dir, log_summary, summarize, write_output
 from .phrasings import PhrasingGrammar, load_grammar
@@ -25,11 +26,6 @@ from .variants import assign_splits, plan_rows, select_prompts
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "outputs/control_data"
-
-
-def option_name(name: str) -> str:
-    """The command-line spelling of a :class:`BuildConfig` field (``max_prompts`` -> ``--max-prompts``)."""
-    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -100,13 +96,9 @@ class BuildConfig:
         self.response_temperature = float(temperature)
 
     def _check_int(self, name: str, minimum: int) -> None:
-        value = getattr(self, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ControlDataError(f"{option_name(name)} must be an integer >= {minimum}, got {value!r}")
+        check_int(getattr(self, name), name, minimum, ControlDataError)
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    field_names = classmethod(field_names)
 
     def resolved_phrasings(self) -> str | None:
         """The phrasing grammar to use: ``builtin``, a path, or None (none). Unset: the builtin grammar with the

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ControlDataError
+from ..errors import ControlDataError
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class CommandLibrary:
         return CommandLibrary(self.commands + tuple(added), f"{self.source} + {source}")
 
     def by_id(self, command_id: str) -> Command:
+        """The command with id ``command_id`` (KeyError when there is none)."""
         for command in self.commands:
             if command.id == command_id:
                 return command

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .errors import ControlDataError
+from ..errors import ControlDataError
 
 PLACEMENTS = ("before", "after", "system")
 PLACEMENT_MODES = ("sample", *PLACEMENTS)

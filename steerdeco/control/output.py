@@ -1,4 +1,4 @@
-"""Write a build atomically (a ``datasets`` folder, a JSONL file, ``summary.json``) and read it back.
+"""Write a build atomically: a ``datasets`` folder, a JSONL file, ``summary.json`` (read back by :func:`steerdeco.rows.load_control_data`).
 
 An output folder holds ``data-00000-of-00001.arrow``, ``dataset_info.json`` and ``state.json``
 (``datasets.Dataset.save_to_disk``), ``control_data.jsonl`` (the same rows, one JSON object per
@@ -10,19 +10,15 @@ its marker says this tool wrote it (never a folder of anything else).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from ..io import check_replaceable, folder_mode, mark_output
-from .errors import ControlDataError
-from .variants import COLUMNS
+from ..errors import ControlDataError
+from ..io import check_output_folder, mark_output, staged_folder, to_jsonl
+from ..rows import COLUMNS, rows_to_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -32,42 +28,9 @@ NONE_KEY = "none"
 TOOL = "steerdeco.build_control_data"
 
 
-def features():
-    """The ``datasets.Features`` of a control-data row (fixed, so that all-null columns keep their type)."""
-    import datasets
-
-    string = datasets.Value("string")
-    return datasets.Features(
-        {
-            "group_id": string,
-            "prompt_id": string,
-            "source": string,
-            "category": string,
-            "split": string,
-            "variant": string,
-            "level": datasets.Value("int64"),
-            "command_id": string,
-            "command_split": string,
-            "command": string,
-            "target_temperature": datasets.Value("float64"),
-            "target_top_p": datasets.Value("float64"),
-            "placement": string,
-            "messages": datasets.List({"role": string, "content": string}),
-            "response": string,
-        }
-    )
-
-
-def rows_to_dataset(rows: Sequence[Mapping]):
-    """Rows as a ``datasets.Dataset`` with :func:`features` (columns in :data:`COLUMNS` order)."""
-    import datasets
-
-    return datasets.Dataset.from_list([{c: row[c] for c in COLUMNS} for row in rows], features=features())
-
-
-def to_jsonl(rows: Iterable[Mapping]) -> str:
-    """One JSON object per row, keys in :data:`COLUMNS` order, UTF-8 kept as is."""
-    return "".join(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False) + "\n" for row in rows)
+def rows_to_jsonl(rows: Iterable[Mapping]) -> str:
+    """One JSON object per row, keys in :data:`~steerdeco.rows.COLUMNS` order, UTF-8 kept as is."""
+    return to_jsonl({c: row[c] for c in COLUMNS} for row in rows)
 
 
 def _key(value: object) -> str:
@@ -110,6 +73,7 @@ def summarize(rows: Sequence[Mapping], dropped: Sequence[str] = (), settings: Ma
 
 
 def log_summary(summary: Mapping) -> None:
+    """Log a build's counts: rows and groups, then rows per variant, split and placement, and dropped prompts."""
     logger.info(
         "%d rows in %d groups; prompts by split %s", summary["rows"], summary["groups"], summary["prompts_by_split"]
     )
@@ -126,14 +90,7 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
         ControlDataError: ``out`` is a file, or a non-empty folder without ``overwrite`` or not written
             by ``build_control_data`` (no marker naming it).
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ControlDataError(f"--out {out} is a file, not a folder; choose another --out")
-    try:
-        check_replaceable(out, TOOL, overwrite, "--overwrite", ControlDataError)
-    except ControlDataError as error:
-        raise ControlDataError(f"--out: {error}") from None
-    return out
+    return check_output_folder(out, TOOL, overwrite, "--overwrite", ControlDataError)
 
 
 def write_output(rows: Sequence[Mapping], summary: Mapping, out: str | Path, overwrite: bool = False) -> Path:
@@ -145,11 +102,7 @@ def write_output(rows: Sequence[Mapping], summary: Mapping, out: str | Path, ove
     import datasets
 
     out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, folder_mode())  # mkdtemp makes it private; the output folder should not be
-    old = None
-    try:
+    with staged_folder(out, recheck=lambda: check_output_dir(out, overwrite)) as tmp:  # it may have appeared meanwhile
         dataset = rows_to_dataset(rows)
         enabled = not datasets.are_progress_bars_disabled()
         datasets.disable_progress_bars()  # a bar for a sub-second save is noise
@@ -158,52 +111,7 @@ def write_output(rows: Sequence[Mapping], summary: Mapping, out: str | Path, ove
         finally:
             if enabled:
                 datasets.enable_progress_bars()
-        (tmp / JSONL_NAME).write_text(to_jsonl(rows), encoding="utf-8")
+        (tmp / JSONL_NAME).write_text(rows_to_jsonl(rows), encoding="utf-8")
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         mark_output(tmp, TOOL)
-        check_output_dir(out, overwrite)  # it may have appeared meanwhile
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rmdir(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not out.exists():
-            with contextlib.suppress(OSError):
-                os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return out
-
-
-def load_control_data(path: str | Path, split: str | None = None):
-    """A built control-data folder (or its JSONL file) as a ``datasets.Dataset``.
-
-    Args:
-        path: the ``--out`` folder of a build, or a ``control_data.jsonl`` file.
-        split: ``"train"`` or ``"eval"`` to keep only those prompts' rows; ``None``: all rows.
-
-    Raises:
-        ControlDataError: nothing built there, or rows that lack columns of the schema.
-    """
-    import datasets
-
-    path = Path(path)
-    if path.is_file():
-        from .prompts import read_jsonl
-
-        dataset = datasets.Dataset.from_list([record for _, record in read_jsonl(path)], features=features())
-    elif (path / "state.json").is_file():
-        dataset = datasets.load_from_disk(str(path))
-    else:
-        raise ControlDataError(f"no control data at {path}: build it with python -m steerdeco.build_control_data --out {path}")
-    missing = [c for c in COLUMNS if c not in dataset.column_names]
-    if missing:
-        raise ControlDataError(f"{path}: rows lack the columns {missing}; rebuild with python -m steerdeco.build_control_data")
-    if split is not None:
-        if split not in ("train", "eval"):
-            raise ControlDataError(f"split must be 'train', 'eval' or None, got {split!r}")
-        dataset = dataset.filter(lambda value: value == split, input_columns="split")
-    return dataset

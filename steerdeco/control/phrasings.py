@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ControlDataError
 from .commands import (
     COMMAND_SPLITS,
     GRADED_DIRECTIONS,
@@ -30,7 +31,6 @@ from .commands import (
     Command,
     read_command_file,
 )
-from .errors import ControlDataError
 
 logger = logging.getLogger(__name__)
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import check_text_values, unique_keys
-from .errors import ControlDataError
+from ..errors import ControlDataError
+from ..io import read_jsonl as io_read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def builtin_prompts_dir() -> Path:
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line number, object)`` for every non-blank line of a JSONL file.
+    """Yield ``(line number, object)`` for every non-blank line of a prompt file (:func:`steerdeco.io.read_jsonl`).
 
     Raises:
         ControlDataError: the file is missing, a line is not valid JSON or not a JSON object (the
@@ -80,29 +79,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     if path.is_dir():
         raise ControlDataError(f"prompt file {path} is a folder; --prompts takes a JSONL file (or one of "
                                f"{', '.join(SPECIAL_SOURCES)})")
-    try:
-        handle = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise ControlDataError(f"prompt file {path} does not exist (--prompts takes a JSONL file or one of {', '.join(SPECIAL_SOURCES)})") from None
-    except OSError as error:
-        raise ControlDataError(f"prompt file {path} cannot be read ({error.strerror or error}); check its permissions") from None
-    with handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line, object_pairs_hook=unique_keys)
-                except json.JSONDecodeError as error:
-                    raise ControlDataError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from error
-                except KeyError as error:
-                    raise ControlDataError(f"{path}:{number}: duplicate key {error.args[0]!r}; give every key once") from None
-                if not isinstance(record, dict):
-                    raise ControlDataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-                check_text_values(record, f"{path}:{number}", ControlDataError)
-                yield number, record
-        except UnicodeDecodeError as error:
-            raise ControlDataError(f"{path}: not UTF-8 text ({error}); save it as UTF-8") from error
+    if not path.exists():
+        raise ControlDataError(f"prompt file {path} does not exist (--prompts takes a JSONL file or one of {', '.join(SPECIAL_SOURCES)})")
+    yield from io_read_jsonl(path, "prompt file", ControlDataError)
 
 
 def _check_messages(messages: object, where: str) -> tuple[dict, ...]:

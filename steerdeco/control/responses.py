@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import ControlDataError
+from ..errors import ControlDataError
 
 logger = logging.getLogger(__name__)
 

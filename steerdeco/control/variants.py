@@ -22,33 +22,15 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+from ..errors import ControlDataError
+from ..rows import COLUMNS, PROMPT_SPLITS, VARIANTS  # noqa: F401 - the row contract, used and handed on
 from .commands import COMMAND_SPLITS, GRADED_DIRECTIONS, Command, CommandLibrary
-from .errors import ControlDataError
 from .insertion import choose_placement, insert_command
 from .phrasings import NAMED_QUANTITIES, PhrasingGrammar
 from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
 
-PROMPT_SPLITS = ("train", "eval")
-VARIANTS = ("none", "low", "high", "placebo", "named")
-COLUMNS = (
-    "group_id",
-    "prompt_id",
-    "source",
-    "category",
-    "split",
-    "variant",
-    "level",
-    "command_id",
-    "command_split",
-    "command",
-    "target_temperature",
-    "target_top_p",
-    "placement",
-    "messages",
-    "response",
-)
 
 
 def derive_seed(seed: int, *parts: object) -> int:

@@ -11,7 +11,7 @@ The command line is ``python -m steerdeco.train --config configs/head_only.yaml`
 
 from ..loading import load_base_model, load_trained_model
 from .cache import BackboneCache, build_backbone_cache, load_or_build_cache
-from .collator import SteeringCollator, encode_groups, load_control_rows, select_split
+from .collator import SteeringCollator, encode_groups
 from .config import SteeringConfig
 from .evaluation import evaluate_ordering, summarize_ordering
 from .model import SteeringModel, build_model
@@ -30,9 +30,7 @@ __all__ = [
     "encode_groups",
     "evaluate_ordering",
     "load_base_model",
-    "load_control_rows",
     "load_or_build_cache",
     "load_trained_model",
-    "select_split",
     "summarize_ordering",
 ]

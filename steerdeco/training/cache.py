@@ -36,6 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..chat import pad_responses
 from ..io import atomic_write_with
 from ..losses import LogitSlots
 from .backbone import backbone_outputs
@@ -267,28 +268,8 @@ def _check_hidden_dtype(hidden_dtype: str) -> torch.dtype:
 
 
 def _right_pad(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    length = max(len(e["input_ids"]) for e in examples)
-    width = max(len(e["input_ids"]) - e["response_start"] for e in examples)
-    count = len(examples)
-    input_ids = torch.full((count, length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((count, length), dtype=torch.long)
-    positions = torch.zeros((count, width), dtype=torch.long)
-    mask = torch.zeros((count, width), dtype=torch.bool)
-    for i, example in enumerate(examples):
-        ids, start = example["input_ids"], example["response_start"]
-        n = len(ids) - start
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
-        positions[i, :n] = torch.arange(start - 1, start - 1 + n)
-        mask[i, :n] = True
-    targets = input_ids.gather(1, (positions + 1).clamp_max(length - 1)).masked_fill(~mask, 0)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "response_positions": positions,
-        "response_targets": targets,
-        "response_mask": mask,
-    }
+    rows = [(e["input_ids"], e["response_start"]) for e in examples]
+    return pad_responses(rows, [len(ids) - start for ids, start in rows], pad_token_id)
 
 
 @torch.no_grad()

@@ -15,82 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from ..chat import encode_example
-from ..io import check_text_values, load_json_text, read_text_file
-from ..ranking import VARIANTS, signed_level
+from ..chat import encode_example, pad_responses
+from ..rows import VARIANTS, check_columns, signed_level
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("group_id", "variant", "level", "messages", "response", "split", "command_split")
 NO_SPLIT = "none"
-
-
-def load_control_rows(path: str | os.PathLike):
-    """Control data as a ``datasets.Dataset``: a ``save_to_disk`` folder, a JSONL file, or a folder with one JSONL.
-
-    A saved ``DatasetDict`` is concatenated (rows carry their own ``split`` column).
-    """
-    import datasets
-
-    path = Path(path)
-    if path.is_file():
-        return _read_jsonl(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"control data {path} does not exist; build it with python -m steerdeco.build_control_data")
-    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            loaded = datasets.concatenate_datasets(list(loaded.values()))
-        return loaded
-    jsonl = sorted(path.glob("*.jsonl"))
-    if len(jsonl) == 1:
-        return _read_jsonl(jsonl[0])
-    raise ValueError(
-        f"{path} is neither a datasets save_to_disk folder nor a folder with exactly one .jsonl file "
-        f"(found {[p.name for p in jsonl]})"
-    )
-
-
-def _read_jsonl(path: Path):
-    import datasets
-
-    text = read_text_file(path, "control data")
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            record = load_json_text(line, f"control data {path}", line=number)
-            check_text_values(record, f"control data {path}:{number}")
-            records.append(record)
-    if not records:
-        raise ValueError(f"control data {path} holds no rows")
-    try:
-        return datasets.Dataset.from_list(records)
-    except (TypeError, ValueError) as error:  # pyarrow refusing mixed types in a column
-        raise ValueError(f"control data {path}: its rows do not share one schema ({error})") from None
-
-
-def check_columns(rows) -> None:
-    """Raise a ValueError naming the missing control-data columns."""
-    columns = rows.column_names if hasattr(rows, "column_names") else list(rows[0]) if len(rows) else []
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise ValueError(
-            f"control data lacks the columns {missing} (has {sorted(columns)}); build it with "
-            "python -m steerdeco.build_control_data"
-        )
-
-
-def select_split(rows, split: str):
-    """The rows whose ``split`` column equals ``split``."""
-    check_columns(rows)
-    index = [i for i, value in enumerate(rows["split"]) if value == split]
-    return rows.select(index)
 
 
 def _command_split(row: dict) -> str:
@@ -278,20 +212,6 @@ class SteeringCollator:
         if self.cache is not None:
             batch.update(self.cache.gather(cache_rows, width))
             return batch
-        length = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        response_targets = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ((ids, start), n) in enumerate(zip(rows, lengths, strict=True)):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
-            positions[i, :n] = torch.arange(start - 1, start - 1 + n)
-            response_targets[i, :n] = input_ids[i, start : start + n]
-        batch.update(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            response_positions=positions,
-            response_targets=response_targets,
-        )
+        padded = pad_responses(rows, lengths, self.pad_token_id)
+        batch.update({k: padded[k] for k in ("input_ids", "attention_mask", "response_positions", "response_targets")})
         return batch

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..ranking import VARIANTS, sequence_means
+from ..ranking import sequence_means
+from ..rows import VARIANTS
 from .evaluation import QUANTITIES, summarize_ordering
 from .objective import LOSS_TERMS
 

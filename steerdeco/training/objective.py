@@ -31,13 +31,13 @@ from ..heads import MIN_TEMPERATURE
 from ..losses import AutoDecoLossConfig, autodeco_losses
 from ..ranking import (
     REDUCTIONS,
-    VARIANTS,
     absolute_target_loss,
     level_offsets,
     pairwise_ranking_loss,
     placebo_loss,
     relative_target_loss,
 )
+from ..rows import VARIANTS
 
 AUTODECO_ROWS = ("uncommanded", "all")
 RANKING_SPACES = ("linear", "log")

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import HeadsConfig
+from ..errors import ControlDataError
 from ..io import check_replaceable, read_json_file
+from ..rows import TRAINING_COLUMNS, load_control_data
 from .checkpoint import (
     OPTIMIZER_STATE,
     SCHEDULER_STATE,
@@ -34,7 +36,6 @@ from .checkpoint import (
     last_complete_checkpoint,
     missing_checkpoint_files,
 )
-from .collator import check_columns, load_control_rows
 from .config import HEADS_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -181,12 +182,10 @@ def load_rows(args):
         raise FileNotFoundError(
             f"--dataset_path {path}: no such folder or file; build control data with python -m steerdeco.build_control_data"
         )
-    rows = load_control_rows(path)
     try:
-        check_columns(rows)
-    except ValueError as error:
-        raise ValueError(f"--dataset_path {path}: {error}") from None
-    return rows
+        return load_control_data(path, required=TRAINING_COLUMNS)
+    except ControlDataError as error:
+        raise ControlDataError(f"--dataset_path {path}: {error}") from None
 
 
 def preflight(args, need_data: bool = True) -> Plan:

@@ -30,6 +30,7 @@ from trl import SFTTrainer
 
 from ..io import atomic_write_text, mark_output
 from ..modeling import AutoDecoModel
+from ..rows import select_split
 from .checkpoint import (
     OPTIMIZER_STATE,
     RNG_STATE,
@@ -46,7 +47,7 @@ from .checkpoint import (
     save_trained,
     set_rng_state,
 )
-from .collator import SteeringCollator, select_split
+from .collator import SteeringCollator
 from .config import SteeringConfig
 from .data import fit_context_normalization, prepare_data
 from .metrics import SteeringMetrics
