@@ -150,9 +150,11 @@ class AnalysisConfig:
     figures: bool = True
     progress: bool = True
     device: str = "auto"
+    lm_guard: int = 0
+    lm_guard_source: str = "gsm8k"
 
     def __post_init__(self):
-        for name in ("heads", "model", "data", "commands", "work_dir", "out"):
+        for name in ("heads", "model", "data", "commands", "work_dir", "out", "lm_guard_source"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str | os.PathLike) or not str(value)):
                 raise AnalysisError(f"{option_name(name)} must be a non-empty path or name, got {value!r}")
@@ -174,7 +176,8 @@ class AnalysisConfig:
                                 "or --prompts FILE [--commands FILE] to build it on the fly")
         self.protocols = normalise_protocols(self.protocols)
         self.seeds = normalise_seeds(self.seeds)
-        for name, minimum in (("response_tokens", 1), ("max_new_tokens", 1), ("n_boot", 1), ("seed", 0), ("batch_size", 1)):
+        for name, minimum in (("response_tokens", 1), ("max_new_tokens", 1), ("n_boot", 1), ("seed", 0), ("batch_size", 1),
+                              ("lm_guard", 0)):
             self._check_int(name, minimum)
         for name, minimum in (("max_prompts", 1), ("max_groups", 2), ("free_running_groups", 2)):
             if getattr(self, name) is not None:
@@ -274,6 +277,10 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, metavar="N",
                        help="seed of the bootstrap, the --max-groups subset and the on-the-fly build (default: 0)")
     group.add_argument("--batch-size", type=int, metavar="N", help=f"rows per model batch (default: {d['batch_size'].default})")
+    group.add_argument("--lm-guard", type=int, metavar="N", help="LM guard (issue 12.5): LM loss of N human-written answers, "
+                       "model vs base model (analysis.lm_guard; default 0: off)")
+    group.add_argument("--lm-guard-source", metavar="SOURCE", help="the LM guard's answers: gsm8k or a JSONL file whose lines "
+                       f"carry 'completion' (default: {d['lm_guard_source'].default})")
 
     group = parser.add_argument_group("output")
     group.add_argument("--out", metavar="DIR", help=f"results folder (default: {DEFAULT_OUT})")
@@ -653,13 +660,15 @@ def write_results(
     run_info: Mapping | None = None,
     extra_dirs: Mapping[str, str | os.PathLike] | None = None,
     seen: Mapping | None = None,
+    extra_measures: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Write a results folder: :func:`~analysis.report.write_report`'s files, the raw scores, ``run.json``.
 
     Everything is assembled in a hidden temporary sibling of ``out_dir`` and renamed into place at
     the end. ``extra_dirs`` (``{name: folder}``) are *moved* into the results under ``name``.
     ``scores`` may also hold ``prompt_only`` (the prompt-only baseline); ``seen``: the named values of
-    the train prompts (:func:`analysis.steering.seen_targets`).
+    the train prompts (:func:`analysis.steering.seen_targets`); ``extra_measures``: see
+    :func:`analysis.report.analyse_protocols`.
 
     Raises:
         AnalysisError: ``out_dir`` is a non-empty folder and ``overwrite`` is False, or an unknown protocol.
@@ -680,7 +689,7 @@ def write_results(
         markdown, tables = write_report(report_dir, teacher_forced=scores.get("teacher_forced"),
                                         free_running=scores.get("free_running"), n_boot=n_boot, seed=seed,
                                         eval_only=eval_only, figures=figures, prompt_only=scores.get("prompt_only"),
-                                        seen=seen)
+                                        seen=seen, extra_measures=extra_measures)
         for entry in report_dir.iterdir():
             os.replace(entry, staging / entry.name)
         report_dir.rmdir()
@@ -858,6 +867,15 @@ def run(config: AnalysisConfig) -> AnalysisResult:
         if "teacher_forced" in config.protocols:
             check_responses(rows, source=f"--data {config.data}")
 
+    guard_texts = None
+    if config.lm_guard:  # before the model: a bad source fails fast
+        from .lm_guard import guard_examples, lm_guard
+
+        try:
+            guard_texts = guard_examples(config.lm_guard_source, config.lm_guard, config.seed)
+        except ValueError as error:
+            raise AnalysisError(f"--lm-guard-source {config.lm_guard_source}: {error}") from None
+
     started = time.time()
     logger.info("loading base model %r", model_name)
     from transformers.utils import logging as hf_logging
@@ -893,6 +911,8 @@ def run(config: AnalysisConfig) -> AnalysisResult:
                             config.batch_size, config.progress, free_running_groups=config.free_running_groups,
                             seed=config.seed, free_running_variants=config.free_running_variants,
                             prompt_only_temperature=config.prompt_only_temperature if config.prompt_only else None)
+        guard = None if guard_texts is None else lm_guard(model, tokenizer, guard_texts, source=config.lm_guard_source,
+                                                          seed=config.seed, batch_size=config.batch_size).to_dict()
         options = asdict(config)
         if config.data is not None:  # options of the on-the-fly build did not apply
             for name in BUILD_OPTIONS:
@@ -915,6 +935,7 @@ def run(config: AnalysisConfig) -> AnalysisResult:
                 out, scores, overwrite=config.overwrite, n_boot=config.n_boot, seed=config.seed,
                 eval_only=config.split == "eval", figures=config.figures, run_info=run_info,
                 extra_dirs={WORK_DIR: work} if owned_work else None, seen=seen,
+                extra_measures=None if guard is None else {"lm_guard": guard},
             )
         except AnalysisError:
             raise

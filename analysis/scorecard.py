@@ -150,6 +150,14 @@ def _beats_prompt_only(variant: str) -> Callable[[Mapping, str], Cell | None]:
     return measure_fn
 
 
+def _lm_guard(measures: Mapping, split: str) -> Cell | None:
+    g = _get(measures, "lm_guard")
+    if not g:
+        return None
+    return Cell(g["relative_change"], g["passed"], f"{g['relative_change']:+.2%} [{g['ci_low']:+.2%}, {g['ci_high']:+.2%}], "
+                f"{g['n_examples']} {g['source']} answers" + (" (backbone unchanged)" if g["backbone"] == "unchanged" else ""))
+
+
 def _named(name: str, cell: str, minimum: float) -> Callable[[Mapping, str], Cell | None]:
     def measure_fn(measures: Mapping, split: str) -> Cell | None:
         entry = _param(measures, split, name, cell)
@@ -213,6 +221,7 @@ TARGETS: tuple[Target, ...] = (
     Target("text_placebo", "12.4", "Text: placebo changes nothing (self-BLEU, distinct-2)", "p >= 0.05", _placebo_text),
     Target("no_command_diversity", "12.5", "No-command text diversity within the base model's 95% CI", "yes", _within_base,
            splits=("heldout",)),
+    Target("lm_guard", "12.5", "LM loss on human-written text vs the base model", "within 2%", _lm_guard, splits=("heldout",)),
     Target("beats_prompt_only_low", "MEASURES", "Heads beat prompt-only: self-BLEU change, low-3", "Delta > 0, p < 0.01",
            _beats_prompt_only("low")),
     Target("beats_prompt_only_high", "MEASURES", "Heads beat prompt-only: self-BLEU change, high-3", "Delta < 0, p < 0.01",
@@ -402,6 +411,7 @@ def _named_value_table(named: pd.DataFrame) -> pd.DataFrame:
 
 def measures_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame], figures: Mapping | None = None) -> list[str]:
     """The detail behind the scorecard (Markdown lines): levels, named values, text at level 3, prompt-only baseline."""
+    from .lm_guard import guard_markdown
     from .text_effects import text_effects_display
 
     measures = meta.get("measures") or {}
@@ -464,4 +474,5 @@ def measures_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame], figures
                       f"({info.get('temperature', '?')}) with the same command in the prompt: how users steer today. "
                       "Per prompt, the heads' change against no command minus the baseline's change.", "",
                       markdown_table(pd.DataFrame(records)), ""]
+    lines += guard_markdown(measures.get("lm_guard"))
     return lines
