@@ -872,9 +872,10 @@ def run(config: AnalysisConfig) -> AnalysisResult:
         from .lm_guard import guard_examples, lm_guard
 
         try:
-            guard_texts = guard_examples(config.lm_guard_source, config.lm_guard, config.seed)
+            trained_on = {r.get("prompt_id") for r in loaded} if config.data is not None else ()  # never score data prompts
+            guard_texts = guard_examples(config.lm_guard_source, config.lm_guard, config.seed, exclude_ids=trained_on)
         except ValueError as error:
-            raise AnalysisError(f"--lm-guard-source {config.lm_guard_source}: {error}") from None
+            raise AnalysisError(f"--lm-guard-source: {error}") from None
 
     started = time.time()
     logger.info("loading base model %r", model_name)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -71,12 +71,16 @@ class LMGuardResult:
         return asdict(self)
 
 
-def guard_examples(source: str = DEFAULT_SOURCE, n_examples: int = DEFAULT_EXAMPLES, seed: int = 0) -> list:
+def guard_examples(
+    source: str = DEFAULT_SOURCE, n_examples: int = DEFAULT_EXAMPLES, seed: int = 0, exclude_ids: Iterable[str] = ()
+) -> list:
     """A seeded subset of at most ``n_examples`` prompts with a human-written ``completion``, in source order.
 
     Args:
         source: a prompt source of :func:`steerdeco.control.prompts.load_source` (``gsm8k``, or a JSONL
             file whose lines carry ``completion``).
+        exclude_ids: prompt ids to leave out, e.g. the ``prompt_id`` of every control-data row, so that
+            the guard never scores text the model was trained on.
 
     Raises:
         ValueError: a bad ``n_examples``, a source that fails to load, or one without completions.
@@ -85,9 +89,11 @@ def guard_examples(source: str = DEFAULT_SOURCE, n_examples: int = DEFAULT_EXAMP
 
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"the LM guard needs a number of examples >= 1, got {n_examples!r}")
-    prompts = [p for p in load_source(source) if p.completion]
+    excluded = set(exclude_ids)
+    prompts = [p for p in load_source(source) if p.completion and p.id not in excluded]
     if not prompts:
-        raise ValueError(f"{source}: no prompt has a 'completion' (the human-written answer the LM guard scores)")
+        raise ValueError(f"{source}: no prompt has a 'completion' (the human-written answer the LM guard scores)"
+                         + (f" outside the {len(excluded)} excluded prompt ids" if excluded else ""))
     chosen = np.sort(np.random.default_rng(seed).permutation(len(prompts))[: min(n_examples, len(prompts))])
     if n_examples > len(prompts):
         logger.warning("LM guard: %s has %d examples with completions, fewer than the %d asked for", source, len(prompts),

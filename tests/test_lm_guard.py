@@ -122,6 +122,8 @@ def test_guard_examples_are_a_seeded_subset_with_completions(tmp_path):
     assert len(first) == 4 and all(p.completion for p in first)
     assert [p.id for p in first] == sorted(p.id for p in first)  # kept in source order
     assert [p.id for p in guard_examples(str(path), 4, seed=4)] != [p.id for p in first]
+    kept = guard_examples(str(path), 20, seed=3, exclude_ids={"a0", "a1"})
+    assert [p.id for p in kept] == [f"a{i}" for i in range(2, 10)]  # every example with a completion, less the excluded
     bare = tmp_path / "bare.jsonl"
     bare.write_text(json.dumps({"prompt": "no answer"}) + "\n")
     with pytest.raises(ValueError, match="no prompt has a 'completion'"):
