@@ -157,6 +157,16 @@ def run(config: AnalysisConfig) -> AnalysisResult:
         if "teacher_forced" in config.protocols:
             check_responses(rows, source=f"--data {config.data}")
 
+    guard_texts = None
+    if config.lm_guard:  # before the model: a bad source fails fast
+        from .lm_guard import guard_examples
+
+        try:
+            trained_on = {r.get("prompt_id") for r in loaded} if config.data is not None else ()  # never score data prompts
+            guard_texts = guard_examples(config.lm_guard_source, config.lm_guard, config.seed, exclude_ids=trained_on)
+        except ValueError as error:
+            raise AnalysisError(f"--lm-guard-source: {error}") from None
+
     started = time.time()
     logger.info("loading base model %r", model_name)
     from transformers.utils import logging as hf_logging
@@ -189,6 +199,12 @@ def run(config: AnalysisConfig) -> AnalysisResult:
         model = attach_heads(heads_dir, base, model_name).to(device)
         logger.info("scoring %d rows (%d groups) with %s", len(rows), len({r["group_id"] for r in rows}), ", ".join(config.protocols))
         scores = score_rows(model, tokenizer, rows, config.scoring())
+        guard = None
+        if guard_texts is not None:
+            from .lm_guard import lm_guard
+
+            guard = lm_guard(model, tokenizer, guard_texts, source=config.lm_guard_source, seed=config.seed,
+                             batch_size=config.batch_size).to_dict()
         options = asdict(config)
         if config.data is not None:  # options of the on-the-fly build did not apply
             for name in BUILD_OPTIONS:
@@ -211,6 +227,7 @@ def run(config: AnalysisConfig) -> AnalysisResult:
                 out, scores, overwrite=config.overwrite, n_boot=config.n_boot, seed=config.seed,
                 eval_only=config.split == "eval", figures=config.figures, run_info=run_info,
                 extra_dirs={WORK_DIR: work} if owned_work else None, seen=seen,
+                extra_measures=None if guard is None else {"lm_guard": guard},
             )
         except AnalysisError:
             raise

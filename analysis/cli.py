@@ -116,6 +116,10 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, metavar="N",
                        help="seed of the bootstrap, the --max-groups subset and the on-the-fly build (default: 0)")
     group.add_argument("--batch-size", type=int, metavar="N", help=f"rows per model batch (default: {d['batch_size'].default})")
+    group.add_argument("--lm-guard", type=int, metavar="N", help="LM guard (issue 12.5): LM loss of N human-written answers, "
+                       "model vs base model (analysis.lm_guard; default 0: off)")
+    group.add_argument("--lm-guard-source", metavar="SOURCE", help="the LM guard's answers: gsm8k or a JSONL file whose lines "
+                       f"carry 'completion' (default: {d['lm_guard_source'].default})")
 
     group = parser.add_argument_group("output")
     add_run_flags(group, f"results folder (default: {DEFAULT_OUT})",

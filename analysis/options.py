@@ -125,9 +125,11 @@ class AnalysisConfig:
     figures: bool = True
     progress: bool = True
     device: str = "auto"
+    lm_guard: int = 0
+    lm_guard_source: str = "gsm8k"
 
     def __post_init__(self):
-        for name in ("heads", "model", "data", "commands", "work_dir", "out"):
+        for name in ("heads", "model", "data", "commands", "work_dir", "out", "lm_guard_source"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str | os.PathLike) or not str(value)):
                 raise AnalysisError(f"{option_name(name)} must be a non-empty path or name, got {value!r}")
@@ -149,7 +151,8 @@ class AnalysisConfig:
                                 "or --prompts FILE [--commands FILE] to build it on the fly")
         self.protocols = normalise_protocols(self.protocols)
         self.seeds = normalise_seeds(self.seeds)
-        for name, minimum in (("response_tokens", 1), ("max_new_tokens", 1), ("n_boot", 1), ("seed", 0), ("batch_size", 1)):
+        for name, minimum in (("response_tokens", 1), ("max_new_tokens", 1), ("n_boot", 1), ("seed", 0), ("batch_size", 1),
+                              ("lm_guard", 0)):
             self._check_int(name, minimum)
         for name, minimum in (("max_prompts", 1), ("max_groups", 2), ("free_running_groups", 2)):
             if getattr(self, name) is not None:

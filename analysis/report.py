@@ -282,14 +282,15 @@ def _write_table(folder: Path, stem: str, table: pd.DataFrame) -> None:
 
 def analyse_protocols(
     given: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True,
-    prompt_only: pd.DataFrame | None = None, seen: Mapping | None = None,
+    prompt_only: pd.DataFrame | None = None, seen: Mapping | None = None, extra_measures: Mapping | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """:func:`analyse` every protocol's scores: ``({"<protocol>.<table>": DataFrame}, report metadata)``.
 
     The metadata also holds the steering ``measures``, the ``scorecard`` and the side-by-side
     ``samples`` (:mod:`analysis.scorecard`), computed on held-out prompts; ``prompt_only``: the
     prompt-only baseline's generated scores; ``seen``: named values of the train prompts
-    (:func:`analysis.steering.seen_targets`).
+    (:func:`analysis.steering.seen_targets`); ``extra_measures``: measured apart from the scores (e.g.
+    ``{"lm_guard": ...}``, :mod:`analysis.lm_guard`), added to the measures before the scorecard.
     """
     tables: dict[str, pd.DataFrame] = {}
     meta: dict = {"n_boot": n_boot, "seed": seed, "eval_only": eval_only}
@@ -306,6 +307,7 @@ def analyse_protocols(
     measures, measure_tables = steering_measures(held.get("teacher_forced"), held.get("free_running"), prompt_only,
                                                  seen=seen, n_boot=n_boot, seed=seed)
     tables.update(measure_tables)
+    measures.update(extra_measures or {})
     meta["measures"] = json_ready(measures)
     meta["scorecard"] = json_ready(scorecard(measures))
     if "free_running" in held:
@@ -324,10 +326,11 @@ def write_report(
     figures: bool = True,
     prompt_only: pd.DataFrame | None = None,
     seen: Mapping | None = None,
+    extra_measures: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Analyse the given protocols and write ``out_dir`` (module docstring).
 
-    ``prompt_only`` and ``seen``: see :func:`analyse_protocols`.
+    ``prompt_only``, ``seen`` and ``extra_measures``: see :func:`analyse_protocols`.
 
     Returns:
         ``(markdown, tables)``: the report text and ``{"<protocol>.<name>": DataFrame}``.
@@ -343,7 +346,7 @@ def write_report(
     if not given:
         raise ValueError("write_report needs teacher_forced and/or free_running variant scores")
     tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only, prompt_only=prompt_only,
-                                     seen=seen)
+                                     seen=seen, extra_measures=extra_measures)
 
     def recheck() -> None:
         if out_dir.exists() and not overwrite:  # appeared meanwhile

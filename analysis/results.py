@@ -88,13 +88,15 @@ def write_results(
     run_info: Mapping | None = None,
     extra_dirs: Mapping[str, str | os.PathLike] | None = None,
     seen: Mapping | None = None,
+    extra_measures: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Write a results folder: :func:`~analysis.report.write_report`'s files, the raw scores, ``run.json``.
 
     Everything is assembled in a hidden temporary sibling of ``out_dir`` and renamed into place at
     the end. ``extra_dirs`` (``{name: folder}``) are *moved* into the results under ``name``.
     ``scores`` may also hold ``prompt_only`` (the prompt-only baseline); ``seen``: the named values of
-    the train prompts (:func:`analysis.steering.seen_targets`).
+    the train prompts (:func:`analysis.steering.seen_targets`); ``extra_measures``: see
+    :func:`analysis.report.analyse_protocols`.
 
     Raises:
         AnalysisError: ``out_dir`` is a non-empty folder and ``overwrite`` is False, or an unknown protocol.
@@ -111,7 +113,7 @@ def write_results(
     out = check_out_dir(out_dir, overwrite)
     given = {p: s for p, s in scores.items() if p in PROTOCOLS}
     tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only,
-                                     prompt_only=scores.get("prompt_only"), seen=seen)
+                                     prompt_only=scores.get("prompt_only"), seen=seen, extra_measures=extra_measures)
     with staged_folder(out, recheck=lambda: check_out_dir(out, overwrite)) as staging:  # it may have appeared meanwhile
         appendix = _run_section(run_info) if run_info is not None else None
         markdown = write_report_files(staging, given, tables, meta, figures=figures, eval_only=eval_only, appendix=appendix)

@@ -206,6 +206,7 @@ def _named_value_table(named: pd.DataFrame) -> pd.DataFrame:
 
 def measures_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame], figures: Mapping | None = None) -> list[str]:
     """The detail behind the scorecard (Markdown lines): levels, named values, text at level 3, prompt-only baseline."""
+    from .lm_guard import guard_markdown
     from .text_effects import text_effects_display
 
     measures = meta.get("measures") or {}
@@ -268,4 +269,5 @@ def measures_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame], figures
                       f"({info.get('temperature', '?')}) with the same command in the prompt: how users steer today. "
                       "Per prompt, the heads' change against no command minus the baseline's change.", "",
                       markdown_table(pd.DataFrame(records)), ""]
+    lines += guard_markdown(measures.get("lm_guard"))
     return lines

@@ -103,6 +103,14 @@ def _effect_ratio(direction: str) -> Callable[[Mapping, str], Cell | None]:
     return lambda m, s: _number(_get(m, "parameter", "effect_ratio", direction), lambda v: v >= 0.7)
 
 
+def _lm_guard(measures: Mapping, split: str) -> Cell | None:
+    g = _get(measures, "lm_guard")
+    if not g:
+        return None
+    return Cell(g["relative_change"], g["passed"], f"{g['relative_change']:+.2%} [{g['ci_low']:+.2%}, {g['ci_high']:+.2%}], "
+                f"{g['n_examples']} {g['source']} answers" + (" (backbone unchanged)" if g["backbone"] == "unchanged" else ""))
+
+
 def _within_base(measures: Mapping, split: str) -> Cell | None:
     entries = _get(measures, "text", "no_command_within_base") or {}
     chosen = [(k, v) for k, v in entries.items() if k in ("self_bleu", "distinct_2")]
@@ -190,6 +198,7 @@ TARGETS: tuple[Target, ...] = (
     Target("text_placebo", "12.4", "Text: placebo changes nothing (self-BLEU, distinct-2)", "p >= 0.05", _placebo_text),
     Target("no_command_diversity", "12.5", "No-command text diversity within the base model's 95% CI", "yes", _within_base,
            splits=("heldout",)),
+    Target("lm_guard", "12.5", "LM loss on human-written text vs the base model", "within 2%", _lm_guard, splits=("heldout",)),
     Target("beats_prompt_only_low", "MEASURES", "Heads beat prompt-only: self-BLEU change, low-3", "Delta > 0, p < 0.01",
            _beats_prompt_only("low")),
     Target("beats_prompt_only_high", "MEASURES", "Heads beat prompt-only: self-BLEU change, high-3", "Delta < 0, p < 0.01",

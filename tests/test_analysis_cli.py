@@ -105,6 +105,29 @@ def test_cli_writes_the_prompt_only_baseline_and_the_scorecard(full_run):
     assert summary["scorecard"][0]["key"] == "baseline_t" and "## Scorecard (issues 12 and 16)" in result.markdown
     run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run_info["prompt_only_temperature"] == 1.0 and run_info["free_running_variants"] == "none,low3,high3,placebo,zero"
+    # the LM guard is off by default: no measure, an n/a scorecard row, no report section
+    assert "lm_guard" not in summary["measures"] and run_info["lm_guard"] == 0
+    assert next(r for r in summary["scorecard"] if r["key"] == "lm_guard")["status"] == "n/a"
+    assert "LM guard" not in result.markdown
+
+
+def test_cli_lm_guard_writes_its_measure_row_and_section(setup, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": f"a{i}", "prompt": f"Solve {i} times 7.", "completion": f"The answer is "
+                                           f"{7 * i}."}) + "\n" for i in range(5)))
+    out = tmp_path / "guarded"
+    args = ["--heads", str(setup / "heads"), "--data", str(setup / "data"), "--protocols", "teacher_forced", "--no-figures",
+            "--lm-guard", "3", *FAST]
+    result = main([*args, "--out", str(out), "--lm-guard-source", str(answers)])
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    guard = summary["measures"]["lm_guard"]
+    assert guard["n_examples"] == 3 and guard["backbone"] == "unchanged" and guard["relative_change"] == 0.0
+    assert guard["base_loss"] > 0 and guard["source"] == str(answers)
+    assert next(r for r in summary["scorecard"] if r["key"] == "lm_guard")["status"] == "pass"
+    assert "## LM loss on human-written text (LM guard)" in result.markdown
+    # the prompts of the control data are never scored: here they are all of the source's
+    with pytest.raises(AnalysisError, match=r"--lm-guard-source: .*prompts.jsonl: no prompt has a 'completion' .* outside the 6 excluded"):
+        main([*args, "--out", str(tmp_path / "none"), "--lm-guard-source", str(setup / "prompts.jsonl")])
 
 
 def test_cli_prints_the_consistency_table(setup, capsys):
@@ -184,6 +207,9 @@ def other_heads(setup):
         (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--free-running-groups", "1"],
          r"--free-running-groups must be an integer >= 2"),
         (lambda s: ["--data", str(s / "data")], r"--heads is required"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--lm-guard", "-1"], r"--lm-guard must be an integer >= 0"),
+        (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--lm-guard", "2", "--lm-guard-source",
+                    str(s / "nowhere.jsonl")], r"--lm-guard-source: prompt file .*nowhere.jsonl does not exist"),
         (lambda s: ["--heads", str(s / "heads"), "--prompts", str(s / "prompts.jsonl"), "--responses", "none"],
          r"--responses none .*teacher_forced"),
         (lambda s: ["--heads", str(s / "heads"), "--model", "nonexistent-model", "--data", str(s / "data")],
