@@ -33,7 +33,9 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, hea
         close = dict(rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out_cached.temperature, out_direct.temperature, **close)
         torch.testing.assert_close(out_cached.top_p, out_direct.top_p, **close)
-        torch.testing.assert_close(out_cached.slots.values, out_direct.slots.values, **close)
+        # compressed logits: on a GPU a logit at a bin edge can land in the neighbouring bin
+        slots = close if device.type == "cpu" else dict(rtol=1e-2, atol=1e-3)
+        torch.testing.assert_close(out_cached.slots.values, out_direct.slots.values, **slots)
 
 
 def test_stale_cache_is_rebuilt_and_a_fresh_one_reused(tmp_path, train_rows, caplog):

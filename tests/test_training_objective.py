@@ -69,7 +69,7 @@ def jittered(tmp_path_factory, train_rows):
     trainer = SteeringTrainer(args=args, train_dataset=train_rows)
     with torch.no_grad():
         for parameter in trainer.autodeco_model.heads.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)).to(parameter.device))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     return trainer, batch
 
@@ -139,7 +139,8 @@ def test_each_term_on_its_own_moves_t_and_p_the_way_the_command_says(jittered, t
         losses = []
         for _ in range(10):
             outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
-            loss, terms = objective(outputs, batch, generator=torch.Generator().manual_seed(0))
+            generator = torch.Generator(device=batch["response_mask"].device).manual_seed(0)
+            loss, terms = objective(outputs, batch, generator=generator)
             assert set(terms) == {term} and loss.item() == pytest.approx(terms[term].item())
             losses.append(loss.item())
             optimizer.zero_grad()
