@@ -377,27 +377,12 @@ def load_or_build_cache(
             logger.info("backbone cache %s is stale (other model, data or settings); rebuilding it", path)
     started = time.perf_counter()
     cache = build_backbone_cache(
-        base_model,
-        examples,
-        pad_token_id,
-        top_k,
-        num_bins,
-        batch_size,
-        progress,
-        fingerprint=fingerprint,
-        store_context=store_context,
-        hidden_dtype=hidden_dtype,
-        prompt_layer=prompt_layer,
-    )
+        base_model, examples, pad_token_id, top_k, num_bins, batch_size, progress, fingerprint=fingerprint,
+        store_context=store_context, hidden_dtype=hidden_dtype, prompt_layer=prompt_layer,
+    )  # fmt: skip
     cache.save(path)
-    logger.info(
-        "cached the backbone outputs of %d rows (%d positions, %.0f bytes per position, %s%s) in %.1f s -> %s",
-        len(cache),
-        cache.hidden.shape[0],
-        cache.bytes_per_position,
-        hidden_dtype,
-        " with context" if store_context else "",
-        time.perf_counter() - started,
-        path,
-    )
+    extra = (" with context" if store_context else "") + (" and prompt states" if prompt_layer is not None else "")
+    logger.info("cached the backbone outputs of %d rows (%d positions, %.0f bytes per position, %s%s) in %.1f s -> %s",
+                len(cache), cache.hidden.shape[0], cache.bytes_per_position, hidden_dtype, extra,
+                time.perf_counter() - started, path)
     return BackboneCache.load(path)
