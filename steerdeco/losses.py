@@ -138,7 +138,11 @@ def base_target_prob(slots: LogitSlots) -> torch.Tensor:
 
 
 def easy_token_mask(slots: LogitSlots, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[N]`` bool keep-mask: drop ``fraction`` of the positions whose base argmax is the target."""
+    """``[N]`` bool keep-mask: drop ``fraction`` of the positions whose base argmax is the target.
+
+    The draws come from ``generator`` on its own device (the trainer's is a CPU one, so a seed drops
+    the same tokens on any device); without one, from torch's CPU default.
+    """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"easy_token_fraction must be in [0, 1], got {fraction}")
     easy = slots.target_slot == 0
@@ -146,7 +150,8 @@ def easy_token_mask(slots: LogitSlots, fraction: float, generator: torch.Generat
         easy &= slots.counts[:, 0] == 1
     if fraction == 0.0:
         return torch.ones_like(easy)
-    draws = torch.rand(easy.shape, generator=generator, device="cpu").to(easy.device)
+    device = generator.device if generator is not None else torch.device("cpu")
+    draws = torch.rand(easy.shape, generator=generator, device=device).to(easy.device)
     return ~(easy & (draws < fraction))
 
 

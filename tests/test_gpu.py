@@ -80,3 +80,16 @@ def test_save_from_cuda_load_on_cpu(cuda_tiny, tmp_path):
     loaded = AutoDecoModel.from_pretrained(tmp_path, base_model=cpu_base)
     for a, b in zip(model.heads.state_dict().values(), loaded.heads.state_dict().values(), strict=True):
         torch.testing.assert_close(a.cpu(), b)
+
+
+def test_easy_token_masking_takes_a_cpu_or_a_cuda_generator_on_cuda_slots():
+    from steerdeco.losses import easy_token_mask
+
+    logits = torch.randn(2000, 30, device="cuda")
+    slots = exact_slots(logits, logits.argmax(-1))  # every position easy
+    on_cpu = easy_token_mask(slots, 0.5, torch.Generator().manual_seed(3))
+    assert on_cpu.device.type == "cuda"
+    assert torch.equal(on_cpu.cpu(), easy_token_mask(exact_slots(logits.cpu(), logits.argmax(-1).cpu()), 0.5,
+                                                      torch.Generator().manual_seed(3)))  # same tokens on any device
+    on_cuda = easy_token_mask(slots, 0.5, torch.Generator(device="cuda").manual_seed(3))
+    assert 0.4 < on_cuda.float().mean().item() < 0.6
