@@ -204,6 +204,28 @@ def _named_value_table(named: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+WORST_WORDINGS = 12  # rows of the least-obeyed wordings in the report, per phrasing split
+
+
+def _wording_lines(wordings: pd.DataFrame | None) -> list[str]:
+    """The least-obeyed relative wordings of each phrasing split (those that moved T the wrong way at least once)."""
+    if wordings is None or wordings.empty:
+        return []
+    lines = ["### Wordings that moved T the wrong way (teacher-forced)", "",
+             "Relative commands, wording by wording: `commanded_way` is the share of its rows (prompts) whose T moved "
+             f"the commanded way, `median_ratio` the median T ratio against no command; the {WORST_WORDINGS} least "
+             "obeyed of each phrasing split (every wording: table `steering_wordings`).", ""]
+    for split in SPLITS:
+        cell = wordings[(wordings["command_split"].astype(str) == split) & (wordings["commanded_way"] < 1)]
+        total = int((wordings["command_split"].astype(str) == split).sum())
+        if total:
+            lines += [f"{SPLIT_LABELS[split].capitalize()}: {len(cell)} of {total} wordings moved T the wrong way at least once"
+                      + (":" if len(cell) else "."), ""]
+        if not cell.empty:
+            lines += [markdown_table(cell.head(WORST_WORDINGS).drop(columns="command_split")), ""]
+    return lines
+
+
 def measures_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame], figures: Mapping | None = None) -> list[str]:
     """The detail behind the scorecard (Markdown lines): levels, named values, text at level 3, prompt-only baseline."""
     from .lm_guard import guard_markdown
@@ -224,6 +246,7 @@ def measures_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame], figures
                       "Per prompt the rows of a level are averaged in log space; `median_ratio` is the median over prompts "
                       "of the T ratio against no command, `mean_log_ratio` the mean log ratio.", "",
                       markdown_table(levels), ""]
+        lines += _wording_lines(tables.get("steering.wordings"))
         named_lines = []
         for name, label in (("named_temperature", "temperature"), ("named_top_p", "top-p")):
             named = tables.get(f"steering.{name}")

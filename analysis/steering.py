@@ -158,6 +158,31 @@ def level_table(rows: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["command_split", "signed_level"], kind="stable")[columns].reset_index(drop=True)
 
 
+def wording_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per relative command wording (low/high rows without a named value): how often it moved T the commanded way.
+
+    ``rows``: :func:`row_ratios` of T with a ``command`` column (the command's text). Columns
+    ``command_split, variant, level, command, n_rows, commanded_way, median_ratio``, the least obeyed
+    first; empty without a ``command`` column.
+    """
+    columns = ["command_split", "variant", "level", "command", "n_rows", "commanded_way", "median_ratio"]
+    if "command" not in rows.columns:
+        return pd.DataFrame(columns=columns)
+    relative = rows[rows["variant"].isin(GRADED) & rows["command"].notna()]
+    if "target_temperature" in relative.columns:
+        relative = relative[relative["target_temperature"].isna()]
+    if relative.empty:
+        return pd.DataFrame(columns=columns)
+    relative = relative.assign(hit=[bool(_commanded_way([d], DIRECTIONS[v])[0]) for d, v in
+                                    zip(relative["delta"], relative["variant"], strict=True)])
+    out = (relative.groupby(["command_split", "variant", "level", "command"])
+           .agg(n_rows=("hit", "size"), commanded_way=("hit", "mean"), median_log=("log_ratio", "median"))
+           .reset_index())
+    out["median_ratio"] = np.exp(out.pop("median_log"))
+    out["level"] = out["level"].astype(int)
+    return out.sort_values(["commanded_way", "n_rows"], ascending=[True, False], kind="stable")[columns].reset_index(drop=True)
+
+
 def strictly_ordered(mean_log_ratio: Mapping[int, float]) -> bool:
     """True when the values at the seven signed levels (none = 0) strictly increase; False if one is missing."""
     values = [0.0 if s == 0 else mean_log_ratio.get(s, math.nan) for s in SIGNED_LEVELS]
@@ -345,7 +370,8 @@ def parameter_measures(
     Returns:
         ``(measures, tables)``: ``measures = {"baseline": ..., "by_command_split": {split: ...},
         "effect_ratio": {low, high}}`` (JSON-ready; NaN where undefined) and the tables
-        ``levels`` (:func:`level_table`), ``named_temperature`` and ``named_top_p`` (per row).
+        ``levels`` (:func:`level_table`), ``wordings`` (:func:`wording_table`), ``named_temperature`` and
+        ``named_top_p`` (per row).
     """
     validate_scores(scores, required=("group_id", "variant", "seed", "level", "command_split"))
     scores = prepare_scores(scores)
@@ -361,7 +387,7 @@ def parameter_measures(
     by_split = {s: split_measures(evaluated, s, t_rows, levels, seen) for s in splits}
     measures = {"baseline": baseline_summary(evaluated), "by_command_split": by_split, "effect_ratio": effect_ratio(by_split),
                 "seen_values": {k: (None if v is None else list(v)) for k, v in seen.items()}}
-    tables = {"levels": levels}
+    tables = {"levels": levels, "wordings": wording_table(t_rows)}
     for column, name in (("target_temperature", "named_temperature"), ("target_top_p", "named_top_p")):
         named = named_value_rows(evaluated, column, seen.get(column))
         if not named.empty:

@@ -154,6 +154,31 @@ def test_row_ratios_and_level_table_pair_each_row_with_its_own_prompt():
     assert high3["median_ratio"].item() == pytest.approx(math.sqrt(6.0), rel=1e-5)  # median of log 2 and log 3
 
 
+def test_wording_table_puts_the_wordings_that_moved_t_the_wrong_way_first_and_the_report_names_them():
+    from analysis.scorecard import _wording_lines
+
+    rows = []
+    for g, base in (("a", 1.0), ("b", 0.8), ("c", 1.2)):
+        rows.append(row(g, "none", base))
+        for text, variant, level, factor in (("Be more random.", "high", 2, 1.5), ("Be less random.", "low", 2, 0.5),
+                                             ("Let chance decide.", "high", 3, 0.5 if g != "c" else 1.5)):
+            record = row(g, variant, base * factor, level=level, split="heldout")
+            record["command"] = text
+            rows.append(record)
+        named = row(g, "low", 0.02, level=3, split="heldout", target=0.0)  # a named value is not a relative wording
+        named["command"] = "No randomness."
+        rows.append(named)
+    _, tables = parameter_measures(pd.DataFrame(rows))
+    wordings = tables["wordings"]
+    assert list(wordings["command"]) == ["Let chance decide.", "Be more random.", "Be less random."]
+    first = wordings.iloc[0]
+    assert first["commanded_way"] == pytest.approx(1 / 3) and first["n_rows"] == 3 and first["median_ratio"] == pytest.approx(0.5)
+    lines = "\n".join(_wording_lines(wordings))
+    assert "Held-out wordings: 1 of 3 wordings moved T the wrong way" in lines and "Let chance decide." in lines
+    assert "Be more random." not in lines
+    assert _wording_lines(tables["wordings"].iloc[0:0]) == []
+
+
 # -- text level -------------------------------------------------------------------------------------
 def test_compression_ratio_grows_with_repetition():
     varied = ["the cat sat on a mat", "a dog ran in the park", "birds sing at dawn today"]
