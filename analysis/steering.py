@@ -26,7 +26,9 @@ the same. Per command split:
   :func:`effect_ratio` divides held-out by train wordings;
 * ``named_temperature`` / ``named_top_p``: rows whose command names a value ``X``: share of rows
   (a prompt under one naming command) with ``|T - X| <= max(0.1, 0.25 X)`` (top-p: ``|P - X| <= 0.1``),
-  for values seen on train prompts (``seen``), the others (``unseen``) and ``all``;
+  for values seen on train prompts (``seen``), the others (``unseen``) and ``all``. The "no
+  randomness" level (low level 3, asked T = 0 whatever its wording) is left to ``no_randomness``;
+  a command naming temperature 0 as a value (the ``named`` variant) stays here;
 * ``no_randomness``: rows naming temperature 0: share with ``T <= 0.15``.
 """
 
@@ -260,6 +262,8 @@ def effect_ratio(by_split: Mapping[str, Mapping]) -> dict[str, float]:
 def named_value_rows(scores: pd.DataFrame, column: str = "target_temperature", seen: Sequence[float] | None = None) -> pd.DataFrame:
     """Rows whose command names a value in ``column``, with ``value, error, tolerance, on_target, seen``.
 
+    Temperatures leave out the "no randomness" level (``low`` rows asked T = 0: :func:`no_randomness_summary`).
+
     ``seen``: the values named on train prompts (:func:`seen_values`); None: ``seen`` is None (unknown).
     """
     columns = ["group_id", "variant", "level", "command_id", "command_split", "target", "value", "error", "tolerance",
@@ -269,7 +273,10 @@ def named_value_rows(scores: pd.DataFrame, column: str = "target_temperature", s
     metric = TARGET_COLUMNS[column]
     scores = prepare_scores(scores)
     target = pd.to_numeric(scores[column], errors="coerce")
-    named = scores[np.isfinite(target.to_numpy(float))].copy()
+    keep = np.isfinite(target.to_numpy(float))
+    if column == "target_temperature":  # the "no randomness" level is measured by no_randomness_summary
+        keep &= ~((scores["variant"] == "low").to_numpy() & (target.to_numpy(float) == 0.0))
+    named = scores[keep].copy()
     if named.empty:
         return pd.DataFrame(columns=columns)
     named["target"] = target[named.index].astype(float)

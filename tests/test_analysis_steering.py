@@ -115,8 +115,9 @@ def test_named_temperature_tolerance_and_seen_values_come_from_train_prompts():
         row("e0", "low", 0.39, level=2, target=0.3),  # |0.09| <= 0.1: on target (seen)
         row("e0", "low", 0.55, level=2, target=0.4, command_id="x"),  # |0.15| > 0.1: off (unseen)
         row("e0", "high", 1.45, level=1, target=1.2),  # |0.25| <= 0.3: on (unseen)
-        row("e0", "low", 0.1, level=3, target=0.0),  # |0.1| <= 0.1: on (unseen); <= 0.15: no randomness
-        row("e1", "none", 1.0), row("e1", "low", 0.2, level=3, target=0.0),  # off; not near-greedy
+        row("e0", "low", 0.1, level=3, target=0.0),  # the "no randomness" level: <= 0.15, not a named value
+        row("e1", "none", 1.0), row("e1", "low", 0.2, level=3, target=0.0),  # not near-greedy
+        row("e1", "named", 0.05, target=0.0),  # "temperature zero" named as a value: on (unseen), near-greedy
     ]
     scores = pd.DataFrame(rows)
     assert seen_values(scores) == [0.3]
@@ -126,10 +127,11 @@ def test_named_temperature_tolerance_and_seen_values_come_from_train_prompts():
     measures, tables = parameter_measures(scores)
     named = measures["by_command_split"]["train"]["named_temperature"]
     assert named["seen"] == {"n_rows": 1, "n_prompts": 1, "share": 1.0}
-    assert named["unseen"]["n_rows"] == 4 and named["unseen"]["share"] == 0.5
-    assert named["all"]["share"] == pytest.approx(3 / 5)
-    assert measures["by_command_split"]["train"]["no_randomness"] == {"n_rows": 2, "share": 0.5}
-    assert list(tables["named_temperature"]["tolerance"]) == pytest.approx([0.1, 0.1, 0.3, 0.1, 0.1])
+    assert named["unseen"]["n_rows"] == 3 and named["unseen"]["share"] == pytest.approx(2 / 3)
+    assert named["all"]["share"] == pytest.approx(3 / 4)
+    assert measures["by_command_split"]["train"]["no_randomness"] == {"n_rows": 3, "share": pytest.approx(2 / 3)}
+    assert list(tables["named_temperature"]["tolerance"]) == pytest.approx([0.1, 0.1, 0.3, 0.1])
+    assert list(tables["named_temperature"]["variant"]) == ["low", "low", "high", "named"]
     explicit = parameter_measures(scores[scores["split"] == "eval"], seen={"target_temperature": [0.3, 0.4]})[0]
     assert explicit["by_command_split"]["train"]["named_temperature"]["seen"]["n_rows"] == 2
 
