@@ -175,8 +175,8 @@ def wording_table(rows: pd.DataFrame) -> pd.DataFrame:
         relative = relative[relative["target_temperature"].isna()]
     if relative.empty:
         return pd.DataFrame(columns=columns)
-    relative = relative.assign(hit=[bool(_commanded_way([d], DIRECTIONS[v])[0]) for d, v in
-                                    zip(relative["delta"], relative["variant"], strict=True)])
+    sign = relative["variant"].map(DIRECTIONS).to_numpy(float)
+    relative = relative.assign(hit=relative["delta"].to_numpy(float) * sign > 0)  # the commanded sign; ties fail
     out = (relative.groupby(["command_split", "variant", "level", "command"])
            .agg(n_rows=("hit", "size"), commanded_way=("hit", "mean"), median_log=("log_ratio", "median"))
            .reset_index())

@@ -167,9 +167,9 @@ def test_wording_table_puts_the_wordings_that_moved_t_the_wrong_way_first_and_th
             record = row(g, variant, base * factor, level=level, split="heldout")
             record["command"] = text
             rows.append(record)
-        named = row(g, "low", 0.02, level=3, split="heldout", target=0.0)  # a named value is not a relative wording
-        named["command"] = "No randomness."
-        rows.append(named)
+        asked = row(g, "low", 0.02, level=3, split="heldout", target=0.0)  # a row with a target is not a relative wording
+        asked["command"] = "No randomness."
+        rows.append(asked)
     _, tables = parameter_measures(pd.DataFrame(rows))
     wordings = tables["wordings"]
     assert list(wordings["command"]) == ["Let chance decide.", "Be more random.", "Be less random."]
