@@ -53,3 +53,11 @@ def train_rows(control_rows):
 @pytest.fixture(scope="module")
 def eval_rows(control_rows):
     return select_split(control_rows, "eval")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Analysis scores with planted effects: low shifts T by -0.3, high by +0.3, placebo by 0 (noise sd 0.05), 60 groups."""
+    from analysis_helpers import planted_scores
+
+    return planted_scores()

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_helpers import SMALL, cell, planted_scores, row
+from analysis_helpers import SMALL, cell, row
 
 from analysis.effects import (
     breakdowns,
@@ -21,12 +21,6 @@ from analysis.effects import (
 from analysis.schema import add_means
 from analysis.statistics import paired_stats, sign_test_p, wilcoxon_p
 from analysis.synthetic import synthetic_scores
-
-
-@pytest.fixture(scope="module")
-def planted():
-    """Low shifts T by -0.3, high by +0.3, placebo by 0 (noise sd 0.05), 60 groups."""
-    return planted_scores()
 
 
 def test_planted_shift_is_recovered(planted):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
-from analysis_helpers import cell, planted_scores
+from analysis_helpers import cell
 
 from analysis.effects import consistency_table
 from analysis.formatting import (
@@ -14,12 +13,6 @@ from analysis.formatting import (
     format_stats_table,
     markdown_table,
 )
-
-
-@pytest.fixture(scope="module")
-def planted():
-    """Low shifts T by -0.3, high by +0.3, placebo by 0 (noise sd 0.05), 60 groups."""
-    return planted_scores()
 
 
 def test_formatting():

@@ -5,16 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from analysis_helpers import SMALL, cell, planted_scores
+from analysis_helpers import SMALL, cell
 
 from analysis.synthetic import synthetic_scores
 from analysis.text_effects import distinct_n, instance_text_metrics, self_bleu, text_effects, tokenize
-
-
-@pytest.fixture(scope="module")
-def planted():
-    """Low shifts T by -0.3, high by +0.3, placebo by 0 (noise sd 0.05), 60 groups."""
-    return planted_scores()
 
 
 def test_distinct_n_hand_computed():

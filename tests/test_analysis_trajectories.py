@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_helpers import planted_scores, row
+from analysis_helpers import row
 
 from analysis.trajectories import binned_trajectories, example_group, select_trajectory
-
-
-@pytest.fixture(scope="module")
-def planted():
-    """Low shifts T by -0.3, high by +0.3, placebo by 0 (noise sd 0.05), 60 groups."""
-    return planted_scores()
 
 
 def test_select_trajectory(planted):
