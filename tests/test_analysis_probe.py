@@ -1,0 +1,53 @@
+"""analysis.probe: the readout learns the commands it was fitted on, and bad input gets a clear error (tiny model)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis.probe import fit_probe, main, probe_measures, probe_targets, prompt_states
+from steerdeco.testing import tiny_model_and_tokenizer
+from steerdeco.training.synthetic import synthetic_control_rows
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [dict(r) for r in synthetic_control_rows(num_prompts=8, num_eval_prompts=4)]
+
+
+def test_targets_are_the_commanded_log_ratios(rows):
+    targets = probe_targets(rows)
+    for row, target in zip(rows, targets, strict=True):
+        if row["variant"] in ("none", "placebo"):
+            assert target == 0.0
+        elif row["variant"] == "low":
+            assert target == pytest.approx(math.log((0.7, 0.4, 0.1)[int(row["level"]) - 1]))
+        elif row["variant"] == "high":
+            assert target == pytest.approx(math.log((1.3, 1.6, 2.0)[int(row["level"]) - 1]))
+
+
+def test_a_fitted_probe_reads_train_wordings_on_held_out_prompts(rows):
+    model, tokenizer = tiny_model_and_tokenizer()
+    states, lengths = prompt_states(model, tokenizer, rows, layer=1, batch_size=8, progress=False)
+    assert states.shape[0] == len(rows) and int(lengths.max()) == states.shape[1]
+    targets = probe_targets(rows)
+    train = np.array([r["split"] == "train" for r in rows])
+    fitted = probe_measures(rows, fit_probe(states, lengths, targets, train, seed=0, epochs=60, learning_rate=3e-3))
+    untrained = probe_measures(rows, fit_probe(states, lengths, targets, train, seed=0, epochs=0))
+    assert fitted["train"]["single_command"] >= 0.9
+    assert fitted["train"]["single_command"] > untrained["train"]["single_command"]
+
+
+def test_a_layer_the_model_lacks_is_named(rows):
+    model, tokenizer = tiny_model_and_tokenizer()
+    with pytest.raises(ValueError, match="--layers: 99 is not a decoder layer"):
+        prompt_states(model, tokenizer, rows, layer=99, progress=False)
+
+
+def test_the_cli_refuses_a_missing_data_folder_and_an_existing_output(tmp_path):
+    with pytest.raises(SystemExit, match="--data: "):
+        main(["--data", str(tmp_path / "nothing"), "--model", "tiny"])
+    out = tmp_path / "probe.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit, match="exists"):
+        main(["--data", str(tmp_path / "nothing"), "--model", "tiny", "--out", str(out)])
