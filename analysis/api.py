@@ -55,6 +55,7 @@ def run_analysis(
     backbone_cache=None,
     max_response_tokens: int | None = None,
     timings: dict | None = None,
+    reference_model=None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
     """Score an in-memory model on control-data rows and analyse (what ``python -m analysis`` does after loading).
 
@@ -76,8 +77,11 @@ def run_analysis(
             taken from the ``train`` rows among ``rows`` (pass every row, ``split`` picks the analysed ones).
         backbone_cache, max_response_tokens: teacher-forced scores from the training's backbone cache
             (see :func:`analysis.collect.teacher_forced_scores`).
-        timings: filled with seconds per protocol (``teacher_forced``, ``free_running``) and for the
-            statistics and report (``report``).
+        timings: filled with seconds per protocol (``teacher_forced``, ``free_running``), for the
+            reference heads (``reference``) and for the statistics and report (``report``).
+        reference_model: an :class:`~steerdeco.AutoDecoModel` with heads not trained to steer (same
+            backbone), or None: its no-command rows are scored the same way and compared with the
+            model's (:func:`analysis.reference.reference_guard`, measure ``no_command_reference``).
 
     Returns:
         ``(markdown, tables)``: the report text and ``{"<protocol>.<name>": DataFrame}``;
@@ -105,13 +109,26 @@ def run_analysis(
         seen = seen_targets(rows)
     selected = select_rows(rows, split=split, max_groups=max_groups, seed=seed)
     scores = score_rows(model, tokenizer, selected, options, timings=timings)
+    extra = None
+    if reference_model is not None:
+        from .reference import reference_guard
+
+        started = time.perf_counter()
+        extra = {"no_command_reference": reference_guard(
+            reference_model, tokenizer, selected, scores, seeds=seeds, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            backbone_cache=backbone_cache, max_response_tokens=max_response_tokens, n_boot=n_boot, seed=seed,
+            progress=progress)}
+        if timings is not None:
+            timings["reference"] = time.perf_counter() - started
     started = time.perf_counter()
     eval_only = split == "eval"
     if out_dir is None:
-        markdown, tables = analyse_scores(scores, n_boot=n_boot, seed=seed, eval_only=eval_only, seen=seen)
+        markdown, tables = analyse_scores(scores, n_boot=n_boot, seed=seed, eval_only=eval_only, seen=seen,
+                                          extra_measures=extra)
     else:
         markdown, tables = write_results(out_dir, scores, overwrite=overwrite, n_boot=n_boot, seed=seed,
-                                         eval_only=eval_only, figures=figures, run_info=run_info, seen=seen)
+                                         eval_only=eval_only, figures=figures, run_info=run_info, seen=seen,
+                                         extra_measures=extra)
     tables.update({f"scores.{protocol}": frame for protocol, frame in scores.items()})
     if timings is not None:
         timings["report"] = time.perf_counter() - started
@@ -144,6 +161,7 @@ def run(config: AnalysisConfig) -> AnalysisResult:
     """One analysis run as ``config`` says (what :func:`main` runs after parsing)."""
     out = check_out_dir(config.out, config.overwrite)
     heads_dir = resolve_heads(config.heads)
+    reference_dir = None if config.reference_heads is None else resolve_heads(config.reference_heads, "--reference-heads")
     model_name = config.model or default_model(heads_dir)
     device = resolve_device(config.device)
     from .steering import seen_targets
@@ -199,12 +217,20 @@ def run(config: AnalysisConfig) -> AnalysisResult:
         model = attach_heads(heads_dir, base, model_name).to(device)
         logger.info("scoring %d rows (%d groups) with %s", len(rows), len({r["group_id"] for r in rows}), ", ".join(config.protocols))
         scores = score_rows(model, tokenizer, rows, config.scoring())
-        guard = None
+        extra = {}
         if guard_texts is not None:
             from .lm_guard import lm_guard
 
-            guard = lm_guard(model, tokenizer, guard_texts, source=config.lm_guard_source, seed=config.seed,
-                             batch_size=config.batch_size).to_dict()
+            extra["lm_guard"] = lm_guard(model, tokenizer, guard_texts, source=config.lm_guard_source, seed=config.seed,
+                                         batch_size=config.batch_size).to_dict()
+        if reference_dir is not None:
+            from .reference import reference_guard
+
+            reference_base, _ = load_base(model_name, from_heads=config.model is None)  # its own copy: no adapter
+            reference = attach_heads(reference_dir, reference_base, model_name).to(device)
+            extra["no_command_reference"] = reference_guard(
+                reference, tokenizer, rows, scores, seeds=config.seeds, max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size, n_boot=config.n_boot, seed=config.seed, progress=config.progress)
         options = asdict(config)
         if config.data is not None:  # options of the on-the-fly build did not apply
             for name in BUILD_OPTIONS:
@@ -227,7 +253,7 @@ def run(config: AnalysisConfig) -> AnalysisResult:
                 out, scores, overwrite=config.overwrite, n_boot=config.n_boot, seed=config.seed,
                 eval_only=config.split == "eval", figures=config.figures, run_info=run_info,
                 extra_dirs={WORK_DIR: work} if owned_work else None, seen=seen,
-                extra_measures=None if guard is None else {"lm_guard": guard},
+                extra_measures=extra or None,
             )
         except AnalysisError:
             raise

@@ -69,6 +69,9 @@ def make_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("model")
     group.add_argument("--heads", metavar="DIR", help="trained heads: a training output folder, a checkpoint-N folder or a "
                        "save_pretrained folder (a LoRA adapter in DIR/adapter is attached too); required")
+    group.add_argument("--reference-heads", metavar="DIR", help="heads of the same base model not trained to steer (e.g. "
+                       "the demo's <run>/reference): their no-command T, P and text are compared with --heads' "
+                       "(analysis.reference, the no-command guard of MEASURES.md; default: off)")
     group.add_argument("--model", metavar="NAME", help="base model: embedded, tiny or a local Hugging Face folder "
                        "(default: the base_model of the heads config, else embedded)")
     group.add_argument("--device", choices=DEVICES, help="where to run the model (default: auto = cuda when available)")

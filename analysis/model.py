@@ -17,8 +17,8 @@ def _checkpoint_step(path: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-def resolve_heads(path: str | os.PathLike) -> Path:
-    """The folder holding ``heads.safetensors``: ``path`` itself, else its latest ``checkpoint-N``.
+def resolve_heads(path: str | os.PathLike, flag: str = "--heads") -> Path:
+    """The folder holding ``heads.safetensors``: ``path`` itself, else its latest ``checkpoint-N`` (``flag``: named in errors).
 
     Raises:
         AnalysisError: no such folder, or no heads in it.
@@ -27,18 +27,18 @@ def resolve_heads(path: str | os.PathLike) -> Path:
 
     path = Path(path)
     if not path.is_dir():
-        raise AnalysisError(f"--heads {path}: no such folder (give a training output folder or a heads checkpoint)")
+        raise AnalysisError(f"{flag} {path}: no such folder (give a training output folder or a heads checkpoint)")
     if (path / HEADS_WEIGHTS_NAME).is_file():
         if not (path / HEADS_CONFIG_NAME).is_file():
-            raise AnalysisError(f"--heads {path}: {HEADS_CONFIG_NAME} is missing next to {HEADS_WEIGHTS_NAME}")
+            raise AnalysisError(f"{flag} {path}: {HEADS_CONFIG_NAME} is missing next to {HEADS_WEIGHTS_NAME}")
         return path
     checkpoints = sorted((p for p in path.iterdir() if _checkpoint_step(p) >= 0 and (p / HEADS_WEIGHTS_NAME).is_file()),
                          key=_checkpoint_step)
     if checkpoints:
-        logger.warning("--heads %s has no %s of its own; using its latest checkpoint %s", path, HEADS_WEIGHTS_NAME,
+        logger.warning("%s %s has no %s of its own; using its latest checkpoint %s", flag, path, HEADS_WEIGHTS_NAME,
                        checkpoints[-1].name)
         return checkpoints[-1]
-    raise AnalysisError(f"--heads {path}: no {HEADS_WEIGHTS_NAME} there nor in a checkpoint-N subfolder; give a training "
+    raise AnalysisError(f"{flag} {path}: no {HEADS_WEIGHTS_NAME} there nor in a checkpoint-N subfolder; give a training "
                         "output folder or a folder saved by AutoDecoModel.save_pretrained")
 
 

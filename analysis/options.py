@@ -99,6 +99,7 @@ class AnalysisConfig:
     """Every option of ``python -m analysis``; the command line and ``--config`` fill one of these."""
 
     heads: str | None = None
+    reference_heads: str | None = None
     model: str | None = None
     data: str | None = None
     prompts: list[str] | None = None
@@ -129,7 +130,7 @@ class AnalysisConfig:
     lm_guard_source: str = "gsm8k"
 
     def __post_init__(self):
-        for name in ("heads", "model", "data", "commands", "work_dir", "out", "lm_guard_source"):
+        for name in ("heads", "reference_heads", "model", "data", "commands", "work_dir", "out", "lm_guard_source"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str | os.PathLike) or not str(value)):
                 raise AnalysisError(f"{option_name(name)} must be a non-empty path or name, got {value!r}")

@@ -37,14 +37,15 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
 
 def analyse_scores(
     scores: Mapping[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0, eval_only: bool = True,
-    seen: Mapping | None = None,
+    seen: Mapping | None = None, extra_measures: Mapping | None = None,
 ) -> tuple[str, dict[str, pd.DataFrame]]:
-    """``(markdown, tables)`` of the given protocols (and ``prompt_only`` scores) without writing anything (no figures)."""
+    """``(markdown, tables)`` of the given protocols (and ``prompt_only`` scores) without writing anything (no
+    figures); ``extra_measures``: see :func:`analysis.report.analyse_protocols`."""
     from .report import analyse_protocols, render_markdown
 
     given = {p: s for p, s in scores.items() if p in PROTOCOLS}
     tables, meta = analyse_protocols(given, n_boot=n_boot, seed=seed, eval_only=eval_only,
-                                     prompt_only=scores.get("prompt_only"), seen=seen)
+                                     prompt_only=scores.get("prompt_only"), seen=seen, extra_measures=extra_measures)
     return render_markdown(tables, None, meta), tables
 
 

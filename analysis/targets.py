@@ -121,6 +121,19 @@ def _within_base(measures: Mapping, split: str) -> Cell | None:
     return Cell(ok, ok, text)
 
 
+def _reference(measures: Mapping, split: str) -> Cell | None:
+    """No-command T, P (|median log ratio| <= 0.05) and text (within the CI) against heads not trained to steer."""
+    guard = _get(measures, "no_command_reference") or {}
+    params = [(k, v) for k, v in (guard.get("parameters") or {}).items()]
+    text = [(k, v) for k, v in (guard.get("text") or {}).items() if k in ("self_bleu", "distinct_2")]
+    if not params and not text:
+        return None
+    ok = all(v["within"] for _, v in params + text)
+    parts = [f"{'T' if k == 'temperature' else 'P'} {v['heads_median']:.2f} vs {v['reference_median']:.2f}" for k, v in params]
+    parts += [f"{k} {v['heads_mean']:.3f} vs [{v['reference_lo']:.3f}, {v['reference_hi']:.3f}]" for k, v in text]
+    return Cell(ok, ok, "; ".join(parts))
+
+
 def _beats_prompt_only(variant: str) -> Callable[[Mapping, str], Cell | None]:
     """Heads' self-BLEU change minus the prompt-only change: the commanded way, p < :data:`TEXT_P`."""
     sign = 1 if variant == "low" else -1
@@ -198,6 +211,8 @@ TARGETS: tuple[Target, ...] = (
     Target("text_placebo", "12.4", "Text: placebo changes nothing (self-BLEU, distinct-2)", "p >= 0.05", _placebo_text),
     Target("no_command_diversity", "12.5", "No-command text diversity within the base model's 95% CI", "yes", _within_base,
            splits=("heldout",)),
+    Target("no_command_reference", "MEASURES", "No command: T, P and text as heads not trained to steer", "yes",
+           _reference, splits=("heldout",)),
     Target("lm_guard", "12.5", "LM loss on human-written text vs the base model", "within 2%", _lm_guard, splits=("heldout",)),
     Target("beats_prompt_only_low", "MEASURES", "Heads beat prompt-only: self-BLEU change, low-3", "Delta > 0, p < 0.01",
            _beats_prompt_only("low")),

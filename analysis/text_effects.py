@@ -304,8 +304,9 @@ def _heads_minus_prompt_only(heads: pd.DataFrame, base: pd.DataFrame, level: int
     return out
 
 
-def _no_command_within_base(heads: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int) -> dict:
-    """Heads' no-command mean of each key measure against the prompt-only no-command mean's 95% CI."""
+def no_command_within(heads: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Heads' no-command mean of each key measure against the 95% CI of ``base``'s no-command mean (the
+    prompt-only baseline, or reference heads: :mod:`analysis.reference`)."""
     out = {}
     for measure in KEY_MEASURES:
         h = heads.loc[heads["variant"] == "none", measure].dropna().to_numpy(float)
@@ -362,5 +363,5 @@ def text_measures(
             tables["level_effects" if name == "heads" else "prompt_only_level_effects"] = pd.concat(effects, ignore_index=True)
     if prompt_only is not None:
         measures["heads_minus_prompt_only"] = _heads_minus_prompt_only(instances, sources["prompt_only"], level, n_boot, seed)
-        measures["no_command_within_base"] = _no_command_within_base(instances, sources["prompt_only"], n_boot, seed)
+        measures["no_command_within_base"] = no_command_within(instances, sources["prompt_only"], n_boot, seed)
     return measures, tables

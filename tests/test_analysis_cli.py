@@ -207,6 +207,8 @@ def other_heads(setup):
         (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--free-running-groups", "1"],
          r"--free-running-groups must be an integer >= 2"),
         (lambda s: ["--data", str(s / "data")], r"--heads is required"),
+        (lambda s: ["--heads", str(s / "heads"), "--reference-heads", str(s / "missing"), "--data", str(s / "data")],
+         r"--reference-heads .*missing: no such folder"),
         (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--lm-guard", "-1"], r"--lm-guard must be an integer >= 0"),
         (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--lm-guard", "2", "--lm-guard-source",
                     str(s / "nowhere.jsonl")], r"--lm-guard-source: prompt file .*nowhere.jsonl does not exist"),
@@ -220,6 +222,15 @@ def test_cli_errors_name_the_argument(setup, other_heads, tmp_path, make_args, m
     with pytest.raises(AnalysisError, match=match):
         main([*make_args(setup), "--out", str(tmp_path / "out"), *FAST])
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_reference_heads_put_the_no_command_guard_on_the_scorecard(setup, tmp_path):
+    result = main(["--heads", str(setup / "heads"), "--reference-heads", str(setup / "heads"), "--data", str(setup / "data"),
+                   "--out", str(tmp_path / "out"), *FAST])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    guard = summary["measures"]["no_command_reference"]["parameters"]["temperature"]
+    assert guard["median_log_ratio"] == pytest.approx(0.0, abs=1e-6) and guard["within"]  # the same heads
+    assert "No command: T, P and text as heads not trained to steer" in result.markdown
 
 
 def test_cli_error_for_a_split_without_rows(setup, tmp_path):
