@@ -7,7 +7,10 @@
    each group sharing one response sampled from the base model at T = 1
    (:func:`steerdeco.control.build_control_data`);
 2. **training**: ``configs/demo.yaml`` (head-only AutoDeco + steering objective, from a cache of the
-   frozen backbone) through :func:`steerdeco.train.main`;
+   frozen backbone) through :func:`steerdeco.train.main`, after the same config with every steering
+   term off (the reference heads, into ``reference/``): the steered heads are anchored to them on rows
+   without a command, and the analysis compares the two without a command (``--no-reference`` skips
+   both);
 3. **analysis**: teacher-forced and free-running scores of the held-out prompts, consistency
    statistics, trajectories and text effects (:func:`analysis.run_analysis`), written as a
    Markdown report with CSV/JSON tables and PNG figures;
@@ -95,6 +98,13 @@ def make_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="temperature of the prompt-only baseline: the base model without heads, same commands (default 1.0; 0: skip)",
     )
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the reference heads (the same config with the steering terms off) that the steered heads are anchored "
+        "to without a command and that the no-command guard compares with",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of the free-running protocol (default 0,1,2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data build, training and bootstrap (default 0)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
@@ -167,19 +177,23 @@ def run_folder(out: str | None, overwrite: bool) -> Path:
     return folder
 
 
-def training_config(args: argparse.Namespace, data: Path, folder: Path):
-    """``configs/demo.yaml`` read by the training CLI's own parser, with this run's paths."""
+def training_config(args: argparse.Namespace, data: Path, folder: Path, reference: bool = False):
+    """``configs/demo.yaml`` read by the training CLI's own parser, with this run's paths; ``reference``: the
+    reference heads' (every steering term's weight 0, into ``reference/``)."""
     from .train import make_parser as train_parser
+    from .training.objective import STEERING_WEIGHT_FIELDS
 
     argv = [
         "--config", str(args.config),
         "--dataset_path", str(data),
-        "--output_dir", str(folder / "train"),
+        "--output_dir", str(folder / ("reference" if reference else "train")),
         "--cache_dir", str(Path(args.cache_dir) / "backbone"),
         "--seed", str(args.seed),
         "--final_ordering_report", "false",
         "--disable_tqdm", str(not args.progress).lower(),
     ]  # fmt: skip
+    if reference:
+        argv += [value for name in STEERING_WEIGHT_FIELDS for value in (f"--{name}", "0")]
     (config,) = train_parser().parse_args_and_config(args=argv)
     return config
 
@@ -225,9 +239,18 @@ def main(args: argparse.Namespace) -> int:
     )
     timings["control data"] = time.perf_counter() - started
 
+    reference = None
+    if args.reference:  # first: the steered heads are anchored to them without a command
+        started = time.perf_counter()
+        metrics = train(training_config(args, data, folder, reference=True))
+        timings["backbone cache"] = metrics["cache_seconds"]
+        timings["reference heads"] = time.perf_counter() - started - metrics["cache_seconds"]
+        reference = load_trained_model(folder / "reference", base).eval()
+        config.anchor_heads = str(folder / "reference")
+
     started = time.perf_counter()
     metrics = train(config)
-    timings["backbone cache"] = metrics["cache_seconds"]
+    timings["backbone cache"] = timings.get("backbone cache", 0.0) + metrics["cache_seconds"]
     timings["training"] = time.perf_counter() - started - metrics["cache_seconds"]
 
     started = time.perf_counter()
@@ -255,9 +278,11 @@ def main(args: argparse.Namespace) -> int:
         backbone_cache=cache,
         max_response_tokens=config.max_response_tokens if cache is not None else None,
         timings=analysis_timings,
+        reference_model=reference,
     )
     for name, label in (("teacher_forced", "analysis: teacher-forced scores"),
                         ("free_running", "analysis: free-running generation"),
+                        ("reference", "analysis: reference heads' no-command scores"),
                         ("report", "analysis: statistics, figures, report")):  # fmt: skip
         if name in analysis_timings:
             timings[label] = analysis_timings[name]

@@ -69,3 +69,16 @@ def test_timing_table_lists_every_stage_with_its_share_and_the_total():
     lines = table.splitlines()
     assert lines[2] == "| control data | 30.0 | 75% |" and lines[3] == "| training | 10.0 | 25% |"
     assert lines[-1] == "| **total** | **40.0** | |"
+
+
+def test_reference_heads_train_the_same_config_with_every_steering_term_off(tmp_path):
+    from steerdeco.training.objective import STEERING_WEIGHT_FIELDS
+
+    args = argparse.Namespace(config=demo.DEFAULT_CONFIG, cache_dir=str(tmp_path / "cache"), seed=0, progress=False)
+    steered = demo.training_config(args, tmp_path / "data", tmp_path / "run")
+    reference = demo.training_config(args, tmp_path / "data", tmp_path / "run", reference=True)
+    assert reference.output_dir == str(tmp_path / "run" / "reference") and reference.cache_dir == steered.cache_dir
+    assert all(getattr(reference, name) == 0 for name in STEERING_WEIGHT_FIELDS)
+    assert any(getattr(steered, name) > 0 for name in STEERING_WEIGHT_FIELDS)
+    assert reference.temperature_loss_weight == steered.temperature_loss_weight > 0
+    assert reference.heads_context_layer == steered.heads_context_layer  # same heads, same backbone cache

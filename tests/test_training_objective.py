@@ -168,3 +168,50 @@ def test_objective_is_built_once_from_the_config_with_the_autodeco_weights(tmp_p
         SteeringObjective({"entropy_loss": 1.0}, args.autodeco_loss_config(), autodeco_rows="all", temperature_margin=0.1,
                           top_p_margin=0.1, ranking_space="log", ranking_reduction="token", low_temperature_ratios=[0.5],
                           high_temperature_ratios=[2.0], absolute_temperature_floor=0.05)
+
+
+def _none_temperature(trainer, batch) -> float:
+    outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    keep = batch["response_mask"].bool() & (batch["variant"] == VARIANTS.index("none")).unsqueeze(1)
+    return float(outputs.temperature[keep].mean()), float(outputs.anchor_temperature[keep].mean())
+
+
+def test_the_anchor_term_holds_rows_without_a_command_to_the_anchor_heads(tmp_path, train_rows):
+    from steerdeco import AutoDecoModel
+
+    probe = SteeringTrainer(args=config(tmp_path / "probe"), train_dataset=train_rows)
+    anchor = AutoDecoModel(probe.autodeco_model.base_model, probe.autodeco_model.heads_config)
+    anchor.heads.load_state_dict(probe.autodeco_model.heads.state_dict())
+    with torch.no_grad():
+        anchor.temperature_head.mlp[-1].bias.sub_(1.5)  # the anchor samples colder without a command
+    anchor.save_pretrained(tmp_path / "anchor")
+    args = config(tmp_path, max_steps=40, learning_rate=1e-2, logging_steps=5, anchor_heads=str(tmp_path / "anchor"),
+                  temperature_loss_weight=0.0, top_p_loss_weight=0.0, temperature_ranking_weight=0.0,
+                  top_p_ranking_weight=0.0, placebo_weight=0.0, absolute_weight=0.0, anchor_weight=1.0)
+    trainer = SteeringTrainer(args=args, train_dataset=train_rows)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        before, target = _none_temperature(trainer, batch)
+    trainer.train()
+    with torch.no_grad():
+        after, _ = _none_temperature(trainer, batch)
+    logs = [h["anchor_loss"] for h in trainer.state.log_history if "anchor_loss" in h and "loss" in h]
+    assert logs[-1] < logs[0]
+    assert abs(after - target) < 0.5 * abs(before - target)
+
+
+def test_anchor_heads_with_another_context_are_refused(tmp_path, train_rows):
+    from steerdeco import AutoDecoModel
+    from steerdeco.config import HeadsConfig
+
+    probe = SteeringTrainer(args=config(tmp_path / "probe"), train_dataset=train_rows)
+    base = probe.autodeco_model.base_model
+    AutoDecoModel(base, HeadsConfig(hidden_size=probe.autodeco_model.heads_config.hidden_size)).save_pretrained(tmp_path / "a")
+    with pytest.raises(ValueError, match=r"anchor_heads .*a: their context .* differs from this run's"):
+        SteeringTrainer(args=config(tmp_path, anchor_heads=str(tmp_path / "a")), train_dataset=train_rows)
+
+
+def test_missing_anchor_heads_are_named_before_anything_runs(tmp_path, train_rows):
+    with pytest.raises(ValueError, match=r"anchor_heads .*nowhere.*anchor_heads must be a folder written by"):
+        SteeringTrainer(args=config(tmp_path, anchor_heads=str(tmp_path / "nowhere")), train_dataset=train_rows)
+    assert not (tmp_path / "cache").exists()  # refused before the backbone cache

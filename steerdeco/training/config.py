@@ -238,6 +238,14 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )
+    anchor_heads: str | None = field(
+        default=None,
+        metadata={
+            "help": "Heads of the same base model not trained to steer (every steering weight 0; the demo's "
+            "reference/ folder): rows without a randomness command are held to their T and P by the anchor term "
+            "(anchor_weight), so steering leaves a prompt without a command as AutoDeco alone would decode it."
+        },
+    )
     final_ordering_report: bool = field(
         default=True,
         metadata={

@@ -28,6 +28,19 @@ from .lora import is_peft, prepare_backbone
 from .preflight import check_init_heads, heads_settings
 
 
+def load_anchor(args: SteeringConfig, model: AutoDecoModel):
+    """The frozen :class:`~steerdeco.heads.AutoDecoHeads` of ``args.anchor_heads`` (None without), checked against
+    ``model``'s base model (their context settings: :func:`~steerdeco.training.preflight.check_anchor_heads_file`)."""
+    if not args.anchor_heads:
+        return None
+    from ..heads import AutoDecoHeads
+
+    config, state = read_heads(args.anchor_heads, model.base_model, source=f"anchor_heads {args.anchor_heads}")
+    anchor = AutoDecoHeads(config)
+    anchor.load_state_dict(state)
+    return anchor.requires_grad_(False).eval()
+
+
 def prepare_model(model: AutoDecoModel, args: SteeringConfig) -> AutoDecoModel:
     """Make ``model`` match ``args``: the backbone as the training mode wants it (LoRA added for ``lora_joint``
     when missing, frozen for ``head_only``), ``init_heads`` loaded, and the heads that are not trained frozen."""
@@ -63,12 +76,15 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
 @dataclass
 class SteeringOutput:
     """Heads along the responses: ``temperature``/``top_p [R, N]`` (0 on padding), ``slots`` for the ``K``
-    masked positions (row-major), ``lm_loss`` (lora_joint) or None."""
+    masked positions (row-major), ``lm_loss`` (lora_joint) or None, and the anchor heads' ``[R, N]`` values
+    (without gradient) when the model has anchor heads."""
 
     temperature: torch.Tensor
     top_p: torch.Tensor
     slots: LogitSlots
     lm_loss: torch.Tensor | None = None
+    anchor_temperature: torch.Tensor | None = None
+    anchor_top_p: torch.Tensor | None = None
 
 
 MODEL_INPUTS = (
@@ -98,11 +114,15 @@ class SteeringModel(nn.Module):
     from the cache and through the backbone compute the same thing.
     """
 
-    def __init__(self, autodeco: AutoDecoModel, logit_top_k: int = 256, logit_bins: int = 64, lm_loss: bool = False):
+    def __init__(
+        self, autodeco: AutoDecoModel, logit_top_k: int = 256, logit_bins: int = 64, lm_loss: bool = False, anchor=None
+    ):
         super().__init__()
         self.autodeco = autodeco
         self.logit_top_k, self.logit_bins = logit_top_k, logit_bins
         self.compute_lm_loss = lm_loss
+        # frozen AutoDecoHeads, kept out of the module tree: neither optimised nor saved with the model
+        object.__setattr__(self, "anchor", anchor)
 
     @property
     def config(self):
@@ -190,12 +210,30 @@ class SteeringModel(nn.Module):
             flat_context = pooled[rows]
         temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context)
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
+        anchor_t = anchor_p = None
+        if self.anchor is not None:
+            anchor_t, anchor_p = self._anchor_values(flat_hidden, slots, flat_context, prompt_states, prompt_mask, mask)
+            anchor_t = padded.masked_scatter(mask, anchor_t.to(padded.dtype))
+            anchor_p = padded.masked_scatter(mask, anchor_p.to(padded.dtype))
         return SteeringOutput(
             temperature=padded.masked_scatter(mask, temperature),
             top_p=padded.masked_scatter(mask, top_p),
             slots=slots,
             lm_loss=lm_loss,
+            anchor_temperature=anchor_t,
+            anchor_top_p=anchor_p,
         )
+
+    @torch.no_grad()
+    def _anchor_values(self, flat_hidden, slots, flat_context, prompt_states, prompt_mask, mask):
+        """The anchor heads' T and P at the ``K`` positions (their own prompt pooling, when they have one)."""
+        anchor = self.anchor.to(mask.device)
+        context = flat_context
+        if anchor.prompt_pool is not None:
+            pooled = anchor.pool_prompt(prompt_states.to(mask.device), prompt_mask.to(mask.device))
+            context = pooled[torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]]
+        temperature, top_p = anchor(flat_hidden.detach(), slots.values, slots.counts, context=context)
+        return temperature, top_p
 
     @torch.no_grad()
     def base_lm_loss(self, input_ids, attention_mask, response_positions, response_targets, response_mask) -> torch.Tensor:

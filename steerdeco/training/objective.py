@@ -9,6 +9,7 @@ The objective is a weighted sum of named terms (:data:`LOSS_TERMS`, like trl's `
     + temperature_ratio_weight * ratio_T            (commanded rows: log T_cmd = log T_none + log ratio(level))
     + absolute_weight * absolute_T                  (rows naming a temperature X: log T toward log max(X, floor))
     + top_p_absolute_weight * absolute_P            (rows naming a top-p X: P toward X)
+    + anchor_weight * anchor                        (with anchor_heads: rows without a command keep their T, P)
     + lm_loss_weight * lm (lora_joint only)
 
 Terms of a head that is not trained (``train_heads``) are left out. :class:`ObjectiveArguments`
@@ -51,17 +52,23 @@ LOSS_TERMS = (
     "ratio_temperature_loss",
     "absolute_temperature_loss",
     "absolute_top_p_loss",
+    "anchor_loss",
     "lm_loss",
 )
-WEIGHT_FIELDS = (
-    "temperature_loss_weight",
-    "top_p_loss_weight",
+#: The weights of the steering terms; all 0 trains AutoDeco's heads alone (the demo's reference heads).
+STEERING_WEIGHT_FIELDS = (
     "temperature_ranking_weight",
     "top_p_ranking_weight",
     "placebo_weight",
     "absolute_weight",
     "temperature_ratio_weight",
     "top_p_absolute_weight",
+)
+WEIGHT_FIELDS = (
+    "temperature_loss_weight",
+    "top_p_loss_weight",
+    *STEERING_WEIGHT_FIELDS,
+    "anchor_weight",
     "lm_loss_weight",
     "temperature_margin",
     "top_p_margin",
@@ -160,6 +167,13 @@ class ObjectiveArguments:
         default=0.0, metadata={"help": "Weight of (P - target)^2 for commands naming a top-p value."}
     )
 
+    anchor_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "With anchor_heads: weight of (log T - log T_anchor)^2 + (logit P - logit P_anchor)^2 at every "
+            "response position of the rows without a randomness command (no command, placebo)."
+        },
+    )
     lm_loss_weight: float = field(
         default=1.0, metadata={"help": "lora_joint: weight of the language-modelling loss on the responses."}
     )
@@ -265,6 +279,7 @@ class SteeringObjective:
             "ratio_temperature_loss": args.temperature_ratio_weight if train_t and args.temperature_ratio_weight else None,
             "absolute_temperature_loss": args.absolute_weight if train_t else None,
             "absolute_top_p_loss": args.top_p_absolute_weight if train_p and args.top_p_absolute_weight else None,
+            "anchor_loss": args.anchor_weight if getattr(args, "anchor_heads", None) and args.anchor_weight else None,
             "lm_loss": args.lm_loss_weight if args.training_mode == "lora_joint" else None,
         }
         return cls(
@@ -285,6 +300,19 @@ class SteeringObjective:
         if self.ranking_space == "linear":
             return values
         return log_t if quantity == "temperature" else torch.logit(values, eps=1e-4)
+
+    @staticmethod
+    def _anchor(outputs, mask: torch.Tensor, rows: torch.Tensor, log_t: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance in log T and logit P to the anchor heads' values over ``rows``' positions."""
+        if outputs.anchor_temperature is None:
+            raise ValueError("the anchor term needs the anchor heads' values (SteeringModel with anchor heads)")
+        keep = mask & rows.unsqueeze(1)
+        if not bool(keep.any()):
+            return log_t.sum() * 0
+        anchor_log_t = outputs.anchor_temperature.clamp_min(MIN_TEMPERATURE).log()
+        t_term = (log_t - anchor_log_t)[keep].square().mean()
+        p_term = (torch.logit(outputs.top_p, eps=1e-4) - torch.logit(outputs.anchor_top_p, eps=1e-4))[keep].square().mean()
+        return t_term + p_term
 
     def terms(self, outputs, inputs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Every active term, unweighted, for one batch.
@@ -333,6 +361,8 @@ class SteeringObjective:
             terms["absolute_temperature_loss"] = absolute_target_loss(log_t, mask, targets, reduction=reduction)
         if "absolute_top_p_loss" in weights:
             terms["absolute_top_p_loss"] = absolute_target_loss(top_p, mask, inputs["target_top_p"], reduction=reduction)
+        if "anchor_loss" in weights:
+            terms["anchor_loss"] = self._anchor(outputs, mask, is_none | is_placebo, log_t)
         if "lm_loss" in weights:
             terms["lm_loss"] = outputs.lm_loss
         return terms

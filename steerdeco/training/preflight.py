@@ -9,6 +9,7 @@ field checks of :class:`~steerdeco.training.SteeringConfig` (``__post_init__``) 
 * the checkpoint to resume from: ``last`` is the last *complete* ``checkpoint-N``, a folder must be
   complete, and the checkpoint's saved config must match this run's (the message lists what differs);
 * ``init_heads``: readable heads whose config matches the run's ``heads_*`` fields;
+* ``anchor_heads``: readable heads that read the prompt as the run's heads do;
 * the control data at ``dataset_path``: readable, with the columns training needs.
 
 Every failure is a ``ValueError`` (or ``FileNotFoundError``) whose one-line message names the field,
@@ -159,18 +160,38 @@ def check_output_dir(args, resuming: bool) -> None:
                 entry.unlink()
 
 
+def _saved_heads_config(path, field_name: str, what: str) -> HeadsConfig:
+    """The config of the heads saved in ``path`` (the ``field_name`` field); a missing folder or file names the
+    field and ``what`` the folder must be."""
+    from ..modeling import read_heads
+
+    try:
+        config, _ = read_heads(path, source=f"{field_name} {path}")
+    except FileNotFoundError as error:
+        raise ValueError(f"{error}; {field_name} must be {what}") from None
+    return config
+
+
 def check_init_heads_file(args) -> None:
     """``init_heads`` must be readable heads saved with this run's ``heads_*`` settings."""
     if not args.init_heads:
         return
-    from ..modeling import read_heads
+    config = _saved_heads_config(args.init_heads, "init_heads", "a folder written by AutoDecoModel.save_pretrained")
+    check_init_heads(config, heads_settings(args.heads_config(config.hidden_size)), f"init_heads {args.init_heads}")
 
-    source = f"init_heads {args.init_heads}"
-    try:
-        config, _ = read_heads(args.init_heads, source=source)
-    except FileNotFoundError as error:
-        raise ValueError(f"{error}; init_heads must be a folder written by AutoDecoModel.save_pretrained") from None
-    check_init_heads(config, heads_settings(args.heads_config(config.hidden_size)), source)
+
+def check_anchor_heads_file(args) -> None:
+    """``anchor_heads`` must be readable heads whose context (pooling, layer) is the run's heads'."""
+    if not args.anchor_heads:
+        return
+    config = _saved_heads_config(args.anchor_heads, "anchor_heads", "a folder written by AutoDecoModel.save_pretrained "
+                                 "(e.g. a run of the same config with every steering weight 0)")
+    run = args.heads_config(config.hidden_size)
+    ours, theirs = (run.context_features, run.context_pooling, run.context_layer), (
+        config.context_features, config.context_pooling, config.context_layer)
+    if ours != theirs:
+        raise ValueError(f"anchor_heads {args.anchor_heads}: their context (features, pooling, layer) {theirs} differs "
+                         f"from this run's {ours}; train the anchor heads with the same heads_* settings")
 
 
 def load_rows(args):
@@ -193,4 +214,5 @@ def preflight(args, need_data: bool = True) -> Plan:
     checkpoint = resolve_resume(args, args.resume_from_checkpoint)
     check_output_dir(args, resuming=checkpoint is not None)
     check_init_heads_file(args)
+    check_anchor_heads_file(args)
     return Plan(rows=load_rows(args) if need_data else None, resume_checkpoint=checkpoint)

@@ -51,7 +51,7 @@ from .collator import SteeringCollator
 from .config import SteeringConfig
 from .data import fit_context_normalization, prepare_data
 from .metrics import SteeringMetrics
-from .model import MODEL_INPUTS, SteeringModel, build_model, prepare_model
+from .model import MODEL_INPUTS, SteeringModel, build_model, load_anchor, prepare_model
 from .objective import SteeringObjective
 from .preflight import TOOL, preflight
 
@@ -129,7 +129,8 @@ class SteeringTrainer(SFTTrainer):
         import datasets
 
         self.autodeco_model = model
-        steering_model = SteeringModel(model, args.logit_top_k, args.logit_bins, lm_loss=args.training_mode == "lora_joint")
+        steering_model = SteeringModel(model, args.logit_top_k, args.logit_bins, lm_loss=args.training_mode == "lora_joint",
+                                       anchor=load_anchor(args, model))
         super().__init__(
             model=steering_model,
             args=args,
