@@ -176,7 +176,8 @@ def _none_temperature(trainer, batch) -> float:
     return float(outputs.temperature[keep].mean()), float(outputs.anchor_temperature[keep].mean())
 
 
-def test_the_anchor_term_holds_rows_without_a_command_to_the_anchor_heads(tmp_path, train_rows):
+@pytest.mark.parametrize("mode", ["head_only", "lora_joint"])
+def test_the_anchor_term_holds_rows_without_a_command_to_the_anchor_heads(tmp_path, train_rows, mode):
     from steerdeco import AutoDecoModel
 
     probe = SteeringTrainer(args=config(tmp_path / "probe"), train_dataset=train_rows)
@@ -186,6 +187,7 @@ def test_the_anchor_term_holds_rows_without_a_command_to_the_anchor_heads(tmp_pa
         anchor.temperature_head.mlp[-1].bias.sub_(1.5)  # the anchor samples colder without a command
     anchor.save_pretrained(tmp_path / "anchor")
     args = config(tmp_path, max_steps=40, learning_rate=1e-2, logging_steps=5, anchor_heads=str(tmp_path / "anchor"),
+                  training_mode=mode, lm_loss_weight=0.0,
                   temperature_loss_weight=0.0, top_p_loss_weight=0.0, temperature_ranking_weight=0.0,
                   top_p_ranking_weight=0.0, placebo_weight=0.0, absolute_weight=0.0, anchor_weight=1.0)
     trainer = SteeringTrainer(args=args, train_dataset=train_rows)
