@@ -117,7 +117,8 @@ def _within_base(measures: Mapping, split: str) -> Cell | None:
     if not chosen:
         return None
     ok = all(v["within"] for _, v in chosen)
-    text = "; ".join(f"{k} {v['heads_mean']:.3f} in [{v['base_lo']:.3f}, {v['base_hi']:.3f}]" for k, v in chosen)
+    text = "; ".join(f"{k} {v['heads_mean']:.3f} {'in' if v['within'] else 'outside'} [{v['base_lo']:.3f}, {v['base_hi']:.3f}]"
+                     for k, v in chosen)
     return Cell(ok, ok, text)
 
 
@@ -130,7 +131,8 @@ def _reference(measures: Mapping, split: str) -> Cell | None:
         return None
     ok = all(v["within"] for _, v in params + text)
     parts = [f"{'T' if k == 'temperature' else 'P'} {v['heads_median']:.2f} vs {v['reference_median']:.2f}" for k, v in params]
-    parts += [f"{k} {v['heads_mean']:.3f} vs [{v['reference_lo']:.3f}, {v['reference_hi']:.3f}]" for k, v in text]
+    parts += [f"{k} {v['heads_mean']:.3f} {'in' if v['within'] else 'outside'} [{v['reference_lo']:.3f}, "
+              f"{v['reference_hi']:.3f}]" for k, v in text]
     return Cell(ok, ok, "; ".join(parts))
 
 
