@@ -32,6 +32,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 NAMED_FLOOR = 0.05
+#: The control-data columns the probe reads.
+COLUMNS = ("group_id", "split", "variant", "level", "command_split", "target_temperature", "messages")
 
 
 def default_ratios() -> tuple[list[float], list[float]]:
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from steerdeco.rows import load_control_data
 
     try:
-        rows = [dict(r) for r in load_control_data(args.data)]
+        rows = [dict(r) for r in load_control_data(args.data, required=COLUMNS)]
     except ControlDataError as error:
         raise SystemExit(f"--data: {error}") from None
     model, tokenizer = load_base_model(args.model, torch.bfloat16 if args.model == "embedded" else torch.float32)

@@ -51,3 +51,16 @@ def test_the_cli_refuses_a_missing_data_folder_and_an_existing_output(tmp_path):
     out.write_text("{}")
     with pytest.raises(SystemExit, match="exists"):
         main(["--data", str(tmp_path / "nothing"), "--model", "tiny", "--out", str(out)])
+
+
+def test_the_cli_probes_each_layer_and_seed_and_writes_the_measures(rows, tmp_path, capsys):
+    import json
+
+    data = tmp_path / "control_data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "probe.json"
+    results = main(["--data", str(data), "--model", "tiny", "--layers", "1", "2", "--seeds", "0", "1", "--epochs", "2",
+                    "--out", str(out)])
+    assert sorted(results) == ["layer 1, seed 0", "layer 1, seed 1", "layer 2, seed 0", "layer 2, seed 1"]
+    assert json.loads(out.read_text()) == results
+    assert "layer 2 seed 1 [train wordings] single_command" in capsys.readouterr().out
