@@ -198,6 +198,8 @@ def run(config: AnalysisConfig) -> AnalysisResult:
         if bars:
             hf_logging.enable_progress_bar()
     check_hidden_size(heads_dir, base, model_name)
+    if reference_dir is not None:
+        check_hidden_size(reference_dir, base, model_name, "--reference-heads")
 
     work = None
     owned_work = False
@@ -226,8 +228,10 @@ def run(config: AnalysisConfig) -> AnalysisResult:
         if reference_dir is not None:
             from .reference import reference_guard
 
-            reference_base, _ = load_base(model_name, from_heads=config.model is None)  # its own copy: no adapter
-            reference = attach_heads(reference_dir, reference_base, model_name).to(device)
+            reference_base = base  # the same network, unless --heads wrapped it in a LoRA adapter
+            if model.base_model is not base:
+                reference_base, _ = load_base(model_name, from_heads=config.model is None)
+            reference = attach_heads(reference_dir, reference_base, model_name, "--reference-heads").to(device)
             extra["no_command_reference"] = reference_guard(
                 reference, tokenizer, rows, scores, seeds=config.seeds, max_new_tokens=config.max_new_tokens,
                 batch_size=config.batch_size, n_boot=config.n_boot, seed=config.seed, progress=config.progress)

@@ -78,31 +78,32 @@ def load_base(name: str, from_heads: bool = False):
         raise AnalysisError(f"--model {name!r} could not be loaded: {error}") from error
 
 
-def check_hidden_size(heads_dir: Path, base, model_name: str) -> None:
+def check_hidden_size(heads_dir: Path, base, model_name: str, flag: str = "--heads") -> None:
     """Refuse heads that do not fit the base model: hidden size, then every check of
-    :func:`steerdeco.modeling.read_heads` (config, tensors, base-model fingerprint), before any expensive step."""
+    :func:`steerdeco.modeling.read_heads` (config, tensors, base-model fingerprint), before any expensive step
+    (``flag``: named in errors)."""
     from steerdeco.modeling import base_hidden_size, read_heads
 
     expected = heads_config(heads_dir).hidden_size
     actual = base_hidden_size(base)
     if expected != actual:
-        raise AnalysisError(f"--heads {heads_dir} expects hidden size {expected} but --model {model_name!r} has hidden size "
+        raise AnalysisError(f"{flag} {heads_dir} expects hidden size {expected} but --model {model_name!r} has hidden size "
                             f"{actual}: pass the base model the heads were trained on")
     try:  # the one validating loader: config, tensors, base-model fingerprint
-        read_heads(heads_dir, base, source=f"--heads {heads_dir}")
+        read_heads(heads_dir, base, source=f"{flag} {heads_dir}")
     except (FileNotFoundError, ValueError) as error:
         raise AnalysisError(f"{error} (--model {model_name!r})") from None
 
 
-def attach_heads(heads_dir: Path, base, model_name: str):
-    """The trained model: heads (and the LoRA adapter, if any) of ``heads_dir`` on ``base``."""
+def attach_heads(heads_dir: Path, base, model_name: str, flag: str = "--heads"):
+    """The trained model: heads (and the LoRA adapter, if any) of ``heads_dir`` on ``base`` (``flag``: named in errors)."""
     from steerdeco.loading import load_trained_model
 
-    check_hidden_size(heads_dir, base, model_name)
+    check_hidden_size(heads_dir, base, model_name, flag)
     try:
         model = load_trained_model(heads_dir, base)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as error:
-        raise AnalysisError(f"--heads {heads_dir} does not fit --model {model_name!r}: {error}") from error
+        raise AnalysisError(f"{flag} {heads_dir} does not fit --model {model_name!r}: {error}") from error
     return model.eval()
 
 

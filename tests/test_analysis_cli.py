@@ -209,6 +209,8 @@ def other_heads(setup):
         (lambda s: ["--data", str(s / "data")], r"--heads is required"),
         (lambda s: ["--heads", str(s / "heads"), "--reference-heads", str(s / "missing"), "--data", str(s / "data")],
          r"--reference-heads .*missing: no such folder"),
+        (lambda s: ["--heads", str(s / "heads"), "--reference-heads", str(s / "heads_32"), "--data", str(s / "data")],
+         r"--reference-heads .*heads_32 expects hidden size 32"),
         (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--lm-guard", "-1"], r"--lm-guard must be an integer >= 0"),
         (lambda s: ["--heads", str(s / "heads"), "--data", str(s / "data"), "--lm-guard", "2", "--lm-guard-source",
                     str(s / "nowhere.jsonl")], r"--lm-guard-source: prompt file .*nowhere.jsonl does not exist"),
