@@ -177,9 +177,10 @@ def run_folder(out: str | None, overwrite: bool) -> Path:
     return folder
 
 
-def training_config(args: argparse.Namespace, data: Path, folder: Path, reference: bool = False):
+def training_config(args: argparse.Namespace, data: Path, folder: Path, reference: bool = False, anchor: Path | None = None):
     """``configs/demo.yaml`` read by the training CLI's own parser, with this run's paths; ``reference``: the
-    reference heads' (every steering term's weight 0, into ``reference/``)."""
+    reference heads' (every steering term's weight 0, into ``reference/``); ``anchor``: their folder, which the
+    steered heads are anchored to."""
     from .train import make_parser as train_parser
     from .training.objective import STEERING_WEIGHT_FIELDS
 
@@ -194,6 +195,8 @@ def training_config(args: argparse.Namespace, data: Path, folder: Path, referenc
     ]  # fmt: skip
     if reference:
         argv += [value for name in STEERING_WEIGHT_FIELDS for value in (f"--{name}", "0")]
+    if anchor is not None:
+        argv += ["--anchor_heads", str(anchor)]
     (config,) = train_parser().parse_args_and_config(args=argv)
     return config
 
@@ -246,7 +249,7 @@ def main(args: argparse.Namespace) -> int:
         timings["backbone cache"] = metrics["cache_seconds"]
         timings["reference heads"] = time.perf_counter() - started - metrics["cache_seconds"]
         reference = load_trained_model(folder / "reference", base).eval()
-        config.anchor_heads = str(folder / "reference")
+        config = training_config(args, data, folder, anchor=folder / "reference")
 
     started = time.perf_counter()
     metrics = train(config)
