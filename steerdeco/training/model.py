@@ -204,15 +204,15 @@ class SteeringModel(nn.Module):
             prompt_states, prompt_mask = out.prompt_states, out.prompt_mask
             if self.compute_lm_loss:
                 lm_loss = F.cross_entropy(logits.float(), response_targets[mask]) if logits.shape[0] else logits.sum() * 0
+        rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # each position's row
         if pooling:  # one pooled prompt per row, given to each of its response positions
-            pooled = self.autodeco.heads.pool_prompt(prompt_states.to(mask.device), prompt_mask.to(mask.device))
-            rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
-            flat_context = pooled[rows]
+            prompt_states, prompt_mask = prompt_states.to(mask.device), prompt_mask.to(mask.device)
+            flat_context = self.autodeco.heads.pool_prompt(prompt_states, prompt_mask)[rows]
         temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context)
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
         anchor_t = anchor_p = None
         if self.anchor is not None:
-            anchor_t, anchor_p = self._anchor_values(flat_hidden, slots, flat_context, prompt_states, prompt_mask, mask)
+            anchor_t, anchor_p = self._anchor_values(flat_hidden, slots, flat_context, prompt_states, prompt_mask, rows)
             anchor_t = padded.masked_scatter(mask, anchor_t.to(padded.dtype))
             anchor_p = padded.masked_scatter(mask, anchor_p.to(padded.dtype))
         return SteeringOutput(
@@ -225,15 +225,14 @@ class SteeringModel(nn.Module):
         )
 
     @torch.no_grad()
-    def _anchor_values(self, flat_hidden, slots, flat_context, prompt_states, prompt_mask, mask):
-        """The anchor heads' T and P at the ``K`` positions (their own prompt pooling, when they have one)."""
-        anchor = self.anchor.to(mask.device)
+    def _anchor_values(self, flat_hidden, slots, flat_context, prompt_states, prompt_mask, rows):
+        """The anchor heads' T and P at the ``K`` positions (``rows``: each one's row), with their own prompt
+        pooling when they have one (preflight makes it read the same prompt states as the trained heads)."""
+        anchor = self.anchor.to(rows.device)
         context = flat_context
         if anchor.prompt_pool is not None:
-            pooled = anchor.pool_prompt(prompt_states.to(mask.device), prompt_mask.to(mask.device))
-            context = pooled[torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]]
-        temperature, top_p = anchor(flat_hidden.detach(), slots.values, slots.counts, context=context)
-        return temperature, top_p
+            context = anchor.pool_prompt(prompt_states, prompt_mask)[rows]
+        return anchor(flat_hidden.detach(), slots.values, slots.counts, context=context)
 
     @torch.no_grad()
     def base_lm_loss(self, input_ids, attention_mask, response_positions, response_targets, response_mask) -> torch.Tensor:
