@@ -204,6 +204,18 @@ def _named_value_table(named: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _number_format_table(named: pd.DataFrame) -> pd.DataFrame | None:
+    """Per command split and number format (0.3, 0.30, .3, zero point three, 30%): rows, share on target, median
+    error; None where no row's format is known."""
+    known = named[named["number_format"].notna()] if "number_format" in named.columns else named.iloc[:0]
+    if known.empty:
+        return None
+    return (known.assign(on=known["on_target"].astype(float))
+            .groupby(["command_split", "number_format"], dropna=False)
+            .agg(rows=("value", "size"), on_target=("on", "mean"), median_error=("error", "median"))
+            .reset_index())
+
+
 WORST_WORDINGS = 12  # rows of the least-obeyed wordings in the report, per phrasing split
 
 
@@ -252,6 +264,10 @@ def measures_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame], figures
             named = tables.get(f"steering.{name}")
             if named is not None and not named.empty:
                 named_lines += [f"Named {label}, per value:", "", markdown_table(_named_value_table(named)), ""]
+                formats = _number_format_table(named)
+                if formats is not None:
+                    named_lines += [f"Named {label}, per number format (plain 0.3, padded 0.30, bare .3, words zero point "
+                                    "three, percent 30%):", "", markdown_table(formats), ""]
         if named_lines:
             seen = param.get("seen_values") or {}
             lines += ["### Named values (teacher-forced)", "",

@@ -26,7 +26,9 @@ the same. Per command split:
   :func:`effect_ratio` divides held-out by train wordings;
 * ``named_temperature`` / ``named_top_p``: rows whose command names a value ``X``: share of rows
   (a prompt under one naming command) with ``|T - X| <= max(0.1, 0.25 X)`` (top-p: ``|P - X| <= 0.1``),
-  for values seen on train prompts (``seen``), the others (``unseen``) and ``all``. The "no
+  for values seen on train prompts (``seen``), the others (``unseen``) and ``all``, and per number
+  format the command writes the value in (``by_number_format``: plain 0.3, padded 0.30, bare .3,
+  words "zero point three", percent 30%). The "no
   randomness" level (low level 3, asked T = 0 whatever its wording) is left to ``no_randomness``;
   a command naming temperature 0 as a value (the ``named`` variant) stays here;
 * ``no_randomness``: rows naming temperature 0: share with ``T <= 0.15``.
@@ -265,9 +267,14 @@ def named_value_rows(scores: pd.DataFrame, column: str = "target_temperature", s
     Temperatures leave out the "no randomness" level (``low`` rows asked T = 0: :func:`no_randomness_summary`).
 
     ``seen``: the values named on train prompts (:func:`seen_values`); None: ``seen`` is None (unknown).
+    ``number_format``: how the command writes the value (``plain`` 0.3, ``padded`` 0.30, ``bare`` .3, ``words``
+    zero point three, ``percent`` 30%: :func:`steerdeco.control.phrasings.number_style`); None where the
+    scores carry no command text or the value is written otherwise.
     """
-    columns = ["group_id", "variant", "level", "command_id", "command_split", "target", "value", "error", "tolerance",
-               "on_target", "seen"]
+    from steerdeco.control.phrasings import number_style
+
+    columns = ["group_id", "variant", "level", "command_id", "command_split", "number_format", "target", "value", "error",
+               "tolerance", "on_target", "seen"]
     if column not in scores.columns:
         return pd.DataFrame(columns=columns)
     metric = TARGET_COLUMNS[column]
@@ -292,19 +299,27 @@ def named_value_rows(scores: pd.DataFrame, column: str = "target_temperature", s
     for key in ("level", "command_id", "command_split"):
         if key not in named.columns:
             named[key] = None
+    commands = named["command"] if "command" in named.columns else pd.Series(None, index=named.index)
+    named["number_format"] = [number_style(c, x) if isinstance(c, str) else None
+                              for c, x in zip(commands, named["target"], strict=True)]
     return named[columns].reset_index(drop=True)
 
 
 def named_value_summary(named: pd.DataFrame) -> dict[str, dict]:
-    """``{seen, unseen, all: {n_rows, n_prompts, share}}`` of :func:`named_value_rows` (one split's rows)."""
-    out = {}
+    """``{seen, unseen, all: {n_rows, n_prompts, share}, by_number_format: {format: {...}}}`` of
+    :func:`named_value_rows` (one split's rows); ``by_number_format`` only where a row's format is known."""
+    def cell_summary(cell: pd.DataFrame) -> dict:
+        return {"n_rows": int(len(cell)), "n_prompts": int(cell["group_id"].nunique()),
+                "share": _share(cell["on_target"].to_numpy(bool))}
+
     cells = {"all": named}
     if named["seen"].notna().any():
         cells["seen"] = named[named["seen"] == True]  # noqa: E712 (object column)
         cells["unseen"] = named[named["seen"] == False]  # noqa: E712
-    for name, cell in cells.items():
-        out[name] = {"n_rows": int(len(cell)), "n_prompts": int(cell["group_id"].nunique()),
-                     "share": _share(cell["on_target"].to_numpy(bool))}
+    out = {name: cell_summary(cell) for name, cell in cells.items()}
+    formats = named["number_format"].dropna() if "number_format" in named.columns else pd.Series(dtype=object)
+    if not formats.empty:
+        out["by_number_format"] = {str(f): cell_summary(named[named["number_format"] == f]) for f in sorted(formats.unique())}
     return out
 
 

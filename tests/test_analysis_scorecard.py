@@ -66,6 +66,8 @@ def written(tmp_path_factory):
     named = (tf["variant"] == "low") & (tf["level"] == 2)
     tf["target_temperature"] = np.where(named, 0.3, np.nan)
     tf["command"] = [None if v == "none" else f"{v} command {lv}" for v, lv in zip(tf["variant"], tf["level"], strict=True)]
+    written_as = np.where(tf.index % 2 == 0, "Use temperature 0.3.", "Use temperature zero point three.")
+    tf["command"] = np.where(named, written_as, tf["command"])
     fr = synthetic_scores(n_groups=12, levels=(3,), seeds=(0, 1, 2), texts=True, n_tokens=(10, 16))
     fr["command"] = [None if v == "none" else f"please, {v}" for v in fr["variant"]]
     po = synthetic_scores(n_groups=12, levels=(3,), seeds=(0, 1, 2), texts=True, n_tokens=(10, 16), seed=3,
@@ -86,6 +88,8 @@ def test_report_opens_with_the_scorecard_then_samples_and_the_paper_row(written)
     assert "| AutoDeco paper (arXiv 2510.26697) | 0.72 | -0.11 | +0.10 | 99% | 96% |" in markdown
     assert "[please, low] " in markdown and "### Heads vs prompt-only baseline" in markdown
     assert "![calibration temperature](figures/calibration_temperature.png)" in markdown
+    by_format = markdown[markdown.index("Named temperature, per number format"):]
+    assert "| plain |" in by_format and "| words |" in by_format and "| padded |" not in by_format
     assert plots.is_png(out / "figures" / "calibration_temperature.png")
     assert (out / "tables" / "steering_levels.csv").is_file() and (out / "tables" / "text_level_effects.csv").is_file()
 

@@ -136,6 +136,23 @@ def test_named_temperature_tolerance_and_seen_values_come_from_train_prompts():
     assert explicit["by_command_split"]["train"]["named_temperature"]["seen"]["n_rows"] == 2
 
 
+def test_named_values_are_reported_per_number_format_of_the_command():
+    rows = [row("g0", "none", 1.0), row("g1", "none", 1.0)]
+    rows += [dict(row(g, "named", t, target=0.3, command_id=f"n{i}"), command=c) for i, (g, t, c) in enumerate([
+        ("g0", 0.32, "Use temperature 0.3."), ("g1", 0.6, "Use temperature 0.30."),
+        ("g0", 0.9, "Use temperature zero point three."), ("g1", 0.35, "Set it to zero point three, please."),
+        ("g0", 0.3, "Use temperature a third."),  # a value written in no known format
+    ])]
+    measures, tables = parameter_measures(pd.DataFrame(rows))
+    assert list(tables["named_temperature"]["number_format"].fillna("-")) == ["plain", "padded", "words", "words", "-"]
+    by_format = measures["by_command_split"]["train"]["named_temperature"]["by_number_format"]
+    assert set(by_format) == {"plain", "padded", "words"}
+    assert by_format["words"] == {"n_rows": 2, "n_prompts": 2, "share": 0.5}
+    assert by_format["padded"]["share"] == 0.0 and by_format["plain"]["share"] == 1.0
+    without_text = parameter_measures(pd.DataFrame([{k: v for k, v in r.items() if k != "command"} for r in rows]))
+    assert "by_number_format" not in without_text[0]["by_command_split"]["train"]["named_temperature"]
+
+
 def test_named_top_p_within_a_tenth_and_absent_column_is_not_reported():
     rows = [row("g0", "none", 1.0), row("g0", "low", 0.8, level=1, p=0.58, target_p=0.5),
             row("g0", "low", 0.8, level=1, p=0.35, target_p=0.5, command_id="b")]

@@ -7,7 +7,7 @@ import yaml
 
 from steerdeco.control import ControlDataError
 from steerdeco.control.build import BuildConfig, load_library
-from steerdeco.control.phrasings import FORMS, format_value, load_grammar, parse_grammar
+from steerdeco.control.phrasings import FORMS, format_value, load_grammar, number_style, parse_grammar
 from steerdeco.control.prompts import load_builtin_prompts
 from steerdeco.control.variants import assign_splits, plan_rows
 
@@ -70,6 +70,23 @@ def test_grammar_wordings_join_the_library_and_replace_nothing():
 )
 def test_numbers_are_written_in_several_formats(value, style, text):
     assert format_value(value, style) == text
+
+
+@pytest.mark.parametrize("value", [0.0, 0.05, 0.3, 0.35, 1.0, 1.25, 2.0])
+@pytest.mark.parametrize("style", ["plain", "padded", "bare", "words", "percent"])
+def test_number_style_reads_back_the_format_a_value_was_written_in(value, style):
+    written = format_value(value, style)
+    expected = "plain" if written == format_value(value, "plain") else style  # 0.35 padded is 0.35 plain
+    assert number_style(f"For this one, use a value of {written}, please.", value) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("Use temperature 10.3.", 0.3), ("Use temperature 0.35.", 0.3), ("Use top-p 3%.", 0.3), ("zero point three five", 0.3),
+     ("temperature zero point one", 1.0), ("For this one, temperature 1.0.", 1.0), ("Use a third.", 0.33)],
+)
+def test_number_style_finds_no_format_where_the_value_is_not_written(text, value):
+    assert number_style(text, value) is None
 
 
 def test_named_commands_carry_their_target_and_split():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,36 @@ def format_value(value: float, style: str) -> str:
 
 
 NUMBER_STYLES = {"temperature": ("plain", "plain", "padded", "bare", "words"), "top_p": ("plain", "plain", "padded", "bare", "words", "percent")}
+# The order number_style tries the styles in: a written value can hold another style's (0.30 holds 0.3, 0.3 holds
+# .3), and a number word can be a plain word ("this one"), so digits are looked for first.
+_STYLE_SEARCH_ORDER = ("padded", "percent", "plain", "bare", "words")
+_DIGIT_WORD = "(?:point|" + "|".join(_DIGITS) + ")"
+# (before, after): what may not touch a written value, so that 0.3 is not read inside 10.3, 0.35 or 30%
+_STYLE_BOUNDS = {
+    "padded": (r"(?<![\w.])", r"(?![\w%]|\.\d)"),
+    "plain": (r"(?<![\w.])", r"(?![\w%]|\.\d)"),
+    "bare": (r"(?<![\w.])", r"(?![\w%])"),
+    "percent": (r"(?<![\w.])", ""),
+    "words": (r"(?<!\w)(?<!point )", rf"(?!\w|\s+{_DIGIT_WORD}\b)"),
+}
+
+
+def number_style(text: str, value: float) -> str | None:
+    """The number format in which ``text`` writes ``value`` (a style of :func:`format_value`), or None.
+
+    The inverse of :func:`format_value`, for reading a command back: ``number_style("Use top-p 30%.", 0.3)``
+    is ``"percent"``. Where two styles write a value alike (0.35 plain and padded, 1.5 plain and bare) it
+    is the plain one; a value written in no known style ("a third", "1.0") gives None.
+    """
+    plain = format_value(value, "plain")
+    for style in _STYLE_SEARCH_ORDER:
+        written = format_value(value, style)
+        if (style != "plain" and written == plain) or (style == "words" and re.search(r"\d", text)):
+            continue  # a text with digits writes its value in them ("this one, temperature 1.0")
+        before, after = _STYLE_BOUNDS[style]
+        if re.search(before + re.escape(written) + after, text, flags=re.IGNORECASE):
+            return style
+    return None
 
 
 def _capitalised(text: str) -> str:
