@@ -34,7 +34,8 @@ from transformers import LogitsProcessor, TopKLogitsWarper
 from .heads import MIN_TEMPERATURE, running_context
 from .hooks import contiguous_lm_head_input, on_context_states, on_decoder_output, on_lm_head
 
-GREEDY_BELOW_TEMPERATURE = 0.1  # a used T below this decodes the token greedily
+# a used T below this decodes the token greedily: the T up to which issue 16.3 counts a reply as "no randomness"
+GREEDY_BELOW_TEMPERATURE = 0.15
 
 
 def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:

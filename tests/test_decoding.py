@@ -75,6 +75,18 @@ def test_rows_below_the_greedy_temperature_keep_only_their_best_token():
     assert torch.isfinite(off[0]).all()
 
 
+def test_by_default_a_token_the_analysis_counts_as_no_randomness_is_decoded_greedily():
+    from analysis.steering import NO_RANDOMNESS_MAX_T
+
+    record = _StepRecord()
+    record.temperature.append(torch.tensor([0.9 * NO_RANDOMNESS_MAX_T, 1.5 * NO_RANDOMNESS_MAX_T]))
+    record.top_p.append(torch.tensor([1.0, 1.0]))
+    scores = torch.randn(2, 50)
+    out = DynamicTemperatureTopP(record, top_k=0)(None, scores)
+    assert torch.isfinite(out[0]).sum() == 1 and int(out[0].argmax()) == int(scores[0].argmax())
+    assert torch.isfinite(out[1]).all()  # above the bound: sampled at its T
+
+
 def test_a_near_zero_predicted_temperature_gives_greedy_text_under_every_seed(tiny, chat_batch):
     base, _ = tiny
     model = AutoDecoModel(base)
