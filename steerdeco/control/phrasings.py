@@ -76,9 +76,10 @@ NUMBER_STYLES = {"temperature": ("plain", "plain", "padded", "bare", "words"), "
 _STYLE_SEARCH_ORDER = ("padded", "percent", "plain", "bare", "words")
 _DIGIT_WORD = "(?:point|" + "|".join(_DIGITS) + ")"
 # (before, after): what may not touch a written value, so that 0.3 is not read inside 10.3, 0.35 or 30%
+_DECIMAL_BOUNDS = (r"(?<![\w.])", r"(?![\w%]|\.\d)")
 _STYLE_BOUNDS = {
-    "padded": (r"(?<![\w.])", r"(?![\w%]|\.\d)"),
-    "plain": (r"(?<![\w.])", r"(?![\w%]|\.\d)"),
+    "padded": _DECIMAL_BOUNDS,
+    "plain": _DECIMAL_BOUNDS,
     "bare": (r"(?<![\w.])", r"(?![\w%])"),
     "percent": (r"(?<![\w.])", ""),
     "words": (r"(?<!\w)(?<!point )", rf"(?!\w|\s+{_DIGIT_WORD}\b)"),
