@@ -21,9 +21,9 @@ def test_targets_are_the_commanded_log_ratios(rows):
         if row["variant"] in ("none", "placebo"):
             assert target == 0.0
         elif row["variant"] == "low":
-            assert target == pytest.approx(math.log((0.7, 0.4, 0.1)[int(row["level"]) - 1]))
+            assert target == pytest.approx(math.log((0.7, 0.4, 0.05)[int(row["level"]) - 1]))
         elif row["variant"] == "high":
-            assert target == pytest.approx(math.log((1.3, 1.6, 2.0)[int(row["level"]) - 1]))
+            assert target == pytest.approx(math.log((1.4, 1.9, 2.6)[int(row["level"]) - 1]))
 
 
 def test_a_fitted_probe_reads_train_wordings_on_held_out_prompts(rows):

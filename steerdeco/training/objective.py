@@ -138,11 +138,11 @@ class ObjectiveArguments:
         },
     )
     low_temperature_ratios: list[float] = field(
-        default_factory=lambda: [0.7, 0.4, 0.1],
+        default_factory=lambda: [0.7, 0.4, 0.05],
         metadata={"help": "T ratio (command / no command) asked of low levels 1, 2, 3, ... by the level-ratio term."},
     )
     high_temperature_ratios: list[float] = field(
-        default_factory=lambda: [1.3, 1.6, 2.0],
+        default_factory=lambda: [1.4, 1.9, 2.6],
         metadata={"help": "T ratio asked of high levels 1, 2, 3, ... by the level-ratio term."},
     )
     placebo_weight: float = field(
