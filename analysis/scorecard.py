@@ -167,7 +167,8 @@ def scorecard_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame]) -> lis
         lines += ["## Scorecard (issues 12 and 16)", "",
                   f"{n_pass} of {n_measured} measured targets pass ({len(rows) - n_measured} not measured in this run). "
                   "Held-out prompts; teacher-forced unless the measure says text; definitions in MEASURES.md. A target "
-                  "passes when every value shown meets it.", "", markdown_table(scorecard_table(rows)), ""]
+                  "passes when every value shown meets it; a share of counted rows shows its 95% Wilson interval in "
+                  "brackets (the verdict reads the share itself).", "", markdown_table(scorecard_table(rows)), ""]
     samples = meta.get("samples")
     if samples:
         lines += ["## Samples side by side", "",

@@ -150,31 +150,36 @@ def _beats_prompt_only(variant: str) -> Callable[[Mapping, str], Cell | None]:
     return measure_fn
 
 
-def _named(name: str, cell: str, minimum: float) -> Callable[[Mapping, str], Cell | None]:
-    def measure_fn(measures: Mapping, split: str) -> Cell | None:
-        entry = _param(measures, split, name, cell)
-        if not entry or not entry.get("n_rows"):
-            return None
-        out = _share(entry["share"], minimum)
-        return None if out is None else Cell(out.value, out.ok, f"{out.text} of {entry['n_rows']}")
+def share_interval(share: float, count: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of a share of ``count`` rows (:meth:`scipy.stats.binomtest(...).proportion_ci`)."""
+    from scipy.stats import binomtest
 
-    return measure_fn
+    ci = binomtest(int(round(share * count)), count).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
-def _share_of_count(entry: Mapping | None, count_key: str) -> Cell | None:
-    """A share with target >= 90%, shown with the count it is out of; None when nothing was counted."""
+def _share_of_count(entry: Mapping | None, count_key: str, minimum: float) -> Cell | None:
+    """A share that must reach ``minimum``, shown with the count it is out of and its 95% Wilson interval (a share
+    of a few dozen rows is uncertain by more than the gap to many targets); None when nothing was counted."""
     if not entry or not entry.get(count_key):
         return None
-    out = _share(entry["share"], 0.9)
-    return None if out is None else Cell(out.value, out.ok, f"{out.text} of {entry[count_key]}")
+    out = _share(entry["share"], minimum)
+    if out is None:
+        return None
+    low, high = share_interval(out.value, int(entry[count_key]))
+    return Cell(out.value, out.ok, f"{out.text} of {entry[count_key]} [{low:.0%}, {high:.0%}]")
+
+
+def _named(name: str, cell: str, minimum: float) -> Callable[[Mapping, str], Cell | None]:
+    return lambda measures, split: _share_of_count(_param(measures, split, name, cell), "n_rows", minimum)
 
 
 def _named_zero(measures: Mapping, split: str) -> Cell | None:
-    return _share_of_count(_param(measures, split, "no_randomness"), "n_rows")
+    return _share_of_count(_param(measures, split, "no_randomness"), "n_rows", 0.9)
 
 
 def _zero_identical(measures: Mapping, split: str) -> Cell | None:
-    return _share_of_count(_text(measures, split, "no_randomness_identical"), "n_prompts")
+    return _share_of_count(_text(measures, split, "no_randomness_identical"), "n_prompts", 0.9)
 
 
 TARGETS: tuple[Target, ...] = (

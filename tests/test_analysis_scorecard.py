@@ -56,7 +56,19 @@ def test_text_targets_need_the_commanded_sign_and_p_below_a_hundredth():
     assert rows["text_d2_low"]["status"] == "FAIL"  # wrong sign
     assert rows["text_d2_high"]["status"] == "pass"
     assert rows["text_placebo"]["status"] == "FAIL" and rows["text_placebo"]["heldout"] == 0.03
-    assert rows["no_randomness_text"]["status"] == "pass" and rows["no_randomness_text"]["heldout_text"] == "90% of 10"
+    assert rows["no_randomness_text"]["status"] == "pass" and rows["no_randomness_text"]["heldout_text"] == "90% of 10 [60%, 98%]"
+
+
+def test_a_share_of_counted_rows_shows_its_interval_which_narrows_with_the_count():
+    from analysis.targets import share_interval
+
+    few, many = share_interval(0.75, 12), share_interval(0.75, 1200)
+    assert few[0] < 0.75 < few[1] and many[0] < 0.75 < many[1]
+    assert few[1] - few[0] > 0.4 and many[1] - many[0] < 0.06
+    named = {"seen": {"n_rows": 12, "share": 0.75}, "unseen": {"n_rows": 200, "share": 0.85}}
+    rows = by_key(scorecard({"parameter": {"by_command_split": {"heldout": {"named_temperature": named}}}}))
+    assert rows["named_t_seen"]["heldout_text"] == "75% of 12 [47%, 91%]"  # the interval reaches 80%: still a fail
+    assert rows["named_t_seen"]["status"] == "FAIL" and rows["named_t_unseen"]["status"] == "pass"
 
 
 @pytest.fixture(scope="module")
