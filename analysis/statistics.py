@@ -1,4 +1,5 @@
-"""Paired statistics of one cell's per-group differences: bootstrap CIs, sign and Wilcoxon tests, effect sizes, Spearman.
+"""Paired statistics of one cell's per-group differences: bootstrap CIs, sign and Wilcoxon tests, effect sizes, Spearman
+(and the Wilson interval of a share of counted rows, :func:`share_interval`).
 
 Pairing and averaging
 ---------------------
@@ -163,3 +164,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> dict:
         return {"n": int(x.size), "rho": math.nan, "p": math.nan}
     result = stats.spearmanr(x, y)
     return {"n": int(x.size), "rho": float(result.statistic), "p": float(result.pvalue)}
+
+
+def share_interval(share: float, count: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of a share of ``count`` rows (``scipy.stats.binomtest(k, count).proportion_ci``)."""
+    ci = stats.binomtest(int(round(share * count)), count).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .formatting import format_number, format_p
+from .statistics import share_interval
 
 SPLITS = ("train", "heldout")
 TEXT_P = 0.01  # the text targets' significance level
@@ -148,14 +149,6 @@ def _beats_prompt_only(variant: str) -> Callable[[Mapping, str], Cell | None]:
         return Cell(float(d["difference"]), ok, f"{d['difference']:+.3f} (p {format_p(d['p_wilcoxon'])})")
 
     return measure_fn
-
-
-def share_interval(share: float, count: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson interval of a share of ``count`` rows (:meth:`scipy.stats.binomtest(...).proportion_ci`)."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(int(round(share * count)), count).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def _share_of_count(entry: Mapping | None, count_key: str, minimum: float) -> Cell | None:

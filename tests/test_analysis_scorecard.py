@@ -60,7 +60,7 @@ def test_text_targets_need_the_commanded_sign_and_p_below_a_hundredth():
 
 
 def test_a_share_of_counted_rows_shows_its_interval_which_narrows_with_the_count():
-    from analysis.targets import share_interval
+    from analysis.statistics import share_interval
 
     few, many = share_interval(0.75, 12), share_interval(0.75, 1200)
     assert few[0] < 0.75 < few[1] and many[0] < 0.75 < many[1]
