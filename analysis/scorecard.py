@@ -91,6 +91,21 @@ def scorecard_table(rows: list[dict]) -> pd.DataFrame:
     )
 
 
+def scorecard_lines(rows: list[dict], measure_chars: int = 50, cell_chars: int = 24) -> list[str]:
+    """The scorecard as fixed-width console lines: a count sentence, a header, then one line per target
+    (result, issue, measure, train and held-out wordings); long cells are cut with an ellipsis."""
+    n_pass = sum(r["status"] == "pass" for r in rows)
+    n_measured = sum(r["status"] != "n/a" for r in rows)
+    lines = [f"{n_pass} of {n_measured} measured targets pass ({len(rows) - n_measured} not measured in this run)", ""]
+    issue_chars = max([len("issue")] + [len(str(r["issue"])) for r in rows])
+    layout = f"{{:<6}} {{:<{issue_chars}}} {{:<{measure_chars}}} {{:<{cell_chars}}} {{}}"
+    lines.append(layout.format("result", "issue", "measure", "train wordings", "held-out wordings"))
+    for r in rows:
+        cells = [_clip(r["name"], measure_chars), _clip(r["train_text"], cell_chars), _clip(r["heldout_text"], cell_chars)]
+        lines.append(layout.format(r["status"], r["issue"], *cells).rstrip())
+    return lines
+
+
 def sample_table(free_running: pd.DataFrame, n_prompts: int = 2, level: int = 3) -> pd.DataFrame:
     """Seed-0 (lowest seed) samples of ``n_prompts`` prompts side by side: low-``level`` / none / high-``level``.
 

@@ -15,8 +15,9 @@
    statistics, trajectories and text effects (:func:`analysis.run_analysis`), written as a
    Markdown report with CSV/JSON tables and PNG figures;
 
-and prints the consistency table and a table of the time each stage took at the end (also in
-``results/report.md`` and ``timings.json``). The analysis scores the held-out rows teacher-forced
+and prints the scorecard of the steering issues' targets, one prompt's samples under low-3 / no /
+high-3 commands, the consistency table and a table of the time each stage took at the end (all in
+``results/report.md``; the times also in ``timings.json``). The analysis scores the held-out rows teacher-forced
 from the training's backbone cache (they are in it: the trainer caches its evaluation rows too).
 Every run gets its own folder
 (``outputs/demo/run-YYYYmmdd-HHMMSS`` unless ``--out`` names one); generated responses and the
@@ -209,7 +210,6 @@ def main(args: argparse.Namespace) -> int:
     from .loading import EMBEDDED, load_base_model, load_trained_model
     from .train import main as train
     from .training.cache import CACHE_FILE, BackboneCache
-    from .training.evaluation import summarize_ordering
 
     seeds = _check_args(args)
     folder = run_folder(args.out, args.overwrite)
@@ -290,14 +290,13 @@ def main(args: argparse.Namespace) -> int:
         if name in analysis_timings:
             timings[label] = analysis_timings[name]
 
-    ordering = ordering_from_scores(tables, summarize_ordering)
     table = timing_table(timings)
     atomic_write_text(folder / "timings.json", json.dumps(timings, indent=2) + "\n")
     report = folder / "results" / "report.md"
     if report.is_file():
         atomic_write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n## Time per stage\n\n" + table + "\n")
     shutil.rmtree(previous_run(folder), ignore_errors=True)
-    print(final_summary(folder, tables, ordering, table))
+    print(final_summary(folder, tables, table))
     return 0
 
 
@@ -310,44 +309,34 @@ def timing_table(timings: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def ordering_from_scores(tables: dict, summarize) -> dict:
-    """Share of held-out prompts whose mean T (and P) is ordered low < none < high, per phrasing split."""
-    scores = tables.get("scores.teacher_forced")
-    if scores is None:
-        return {}
-    records = [
-        {
-            "group_id": row.group_id,
-            "variant": row.variant,
-            "command_split": row.command_split,
-            "temperature": float(row.temperature.mean()),
-            "top_p": float(row.top_p.mean()),
-        }
-        for row in scores.itertuples()
-    ]
-    return summarize(records)["by_command_split"]
-
-
-def final_summary(folder: Path, tables: dict, ordering: dict, timing: str) -> str:
+def final_summary(folder: Path, tables: dict, timing: str) -> str:
     from analysis.formatting import format_consistency_table
+    from analysis.scorecard import scorecard_lines
 
-    lines = ["", "=" * 100, "Consistency on held-out prompts (teacher-forced; 95% bootstrap intervals)", ""]
+    meta = _summary(folder / "results" / "summary.json")
+    lines = ["", "=" * 100]
+    if meta.get("scorecard"):
+        lines += ["Steering targets of issues 12 and 16 (held-out prompts; teacher-forced unless the measure says text)", ""]
+        lines += scorecard_lines(meta["scorecard"]) + [""]
+    if meta.get("samples"):
+        sample = meta["samples"][0]
+        lines += ["Samples (free-running, first seed; the command in brackets):", f"  prompt      {sample['Prompt']}"]
+        lines += [f"  {column.lower():<11} {text}" for column, text in sample.items() if column != "Prompt"] + [""]
     main_table = tables.get("teacher_forced.main")
-    lines.append(format_consistency_table(main_table) if main_table is not None else "(no table)")
-    by_split = tables.get("teacher_forced.main_by_command_split")
-    if by_split is not None and not by_split.empty:
-        lines += ["", "By phrasing split (train phrasings vs phrasings never seen in training):", ""]
-        lines.append(format_consistency_table(by_split, by="command_split"))
-    if ordering:
-        lines += ["", "Held-out prompts ordered low < none < high (response-mean T / P):"]
-        for split, entry in ordering.items():
-            lines.append(
-                f"  {split:8s} phrasings: T {entry['temperature_ordered']:.1%}, P {entry['top_p_ordered']:.1%} "
-                f"of {entry['units']} prompts"
-            )
-    lines += ["", "Time per stage:", "", timing, ""]
+    if main_table is not None:
+        lines += ["Consistency on held-out prompts, all wordings (teacher-forced; 95% bootstrap intervals)", ""]
+        lines += [format_consistency_table(main_table), ""]
+    lines += ["Time per stage:", "", timing, ""]
     lines += [f"Report: {folder / 'results' / 'report.md'}", f"Heads:  {folder / 'train'}"]
     return "\n".join(lines)
+
+
+def _summary(path: Path) -> dict:
+    """The analysis' ``summary.json`` (empty when the analysis wrote none)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 if __name__ == "__main__":

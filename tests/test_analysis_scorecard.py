@@ -10,7 +10,7 @@ import pytest
 
 from analysis import plots
 from analysis.report import write_report
-from analysis.scorecard import json_ready, sample_table, scorecard
+from analysis.scorecard import json_ready, sample_table, scorecard, scorecard_lines
 from analysis.steering import parameter_measures
 from analysis.synthetic import synthetic_scores
 from analysis.targets import TARGETS
@@ -40,6 +40,24 @@ def test_a_target_passes_only_when_every_shown_value_meets_it():
     assert rows["effect_ratio_low"]["status"] == "pass" and rows["effect_ratio_low"]["train"] is None
     assert rows["effect_ratio_high"]["status"] == "FAIL"
     assert rows["named_p"]["status"] == "n/a" and rows["text_bleu_low"]["status"] == "n/a"
+
+
+def test_console_scorecard_counts_passes_and_keeps_every_target_on_one_aligned_line():
+    measures = {"parameter": {"baseline": {"temperature_mean": 0.7}, "effect_ratio": {"low": 0.8, "high": 0.5}}}
+    rows = scorecard(measures)
+    rows[0] = {**rows[0], "name": "x" * 80, "heldout_text": "y" * 40}
+    lines = scorecard_lines(rows, measure_chars=30, cell_chars=12)
+    n_pass = sum(r["status"] == "pass" for r in rows)
+    n_measured = sum(r["status"] != "n/a" for r in rows)
+    assert lines[0].startswith(f"{n_pass} of {n_measured} measured targets pass")
+    body = lines[3:]
+    assert len(body) == len(rows)
+    issue_width = max(len("issue"), *(len(r["issue"]) for r in rows))
+    measure_at = 7 + issue_width + 1
+    for line, row in zip(body, rows, strict=True):
+        assert line.startswith(row["status"])
+        assert line[measure_at - 1] == " " and line[measure_at] != " "  # the measure column starts at one place
+    assert "x" * 29 + "…" in body[0] and "y" * 40 not in body[0]  # long cells are cut
 
 
 def test_text_targets_need_the_commanded_sign_and_p_below_a_hundredth():
