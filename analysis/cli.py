@@ -51,6 +51,8 @@ from .options import (
     WORK_DIR,
     AnalysisConfig,
 )
+from .report import read_summary
+from .scorecard import console_summary
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -138,8 +140,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[AnalysisConfig, str]:
 
 
 def summary_text(result: AnalysisResult) -> str:
-    """The consistency table of each protocol, as printed at the end of a run."""
-    parts = []
+    """The scorecard, samples and consistency table of each protocol, as printed at the end of a run."""
+    parts = console_summary(read_summary(result.out))
     for protocol in PROTOCOLS:
         key = f"{protocol}.main"
         if key in result.tables:

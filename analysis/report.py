@@ -65,6 +65,7 @@ from .trajectories import binned_trajectories, example_group, select_trajectory
 
 logger = logging.getLogger(__name__)
 
+SUMMARY_FILE = "summary.json"
 PROTOCOLS = {"teacher_forced": "Teacher-forced", "free_running": "Free-running"}
 
 
@@ -384,5 +385,13 @@ def write_report_files(
         markdown = markdown.rstrip("\n") + "\n\n" + appendix
     atomic_write_text(folder / "report.md", markdown)
     summary = json_ready({**meta, "tables": sorted(tables), "figures": fig_files})
-    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    atomic_write_text(folder / SUMMARY_FILE, json.dumps(summary, indent=1, allow_nan=False))
     return markdown
+
+
+def read_summary(folder: Path) -> dict:
+    """The ``summary.json`` that :func:`write_report_files` wrote into ``folder`` ({} when it has none)."""
+    try:
+        return json.loads((Path(folder) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

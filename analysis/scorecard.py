@@ -106,6 +106,20 @@ def scorecard_lines(rows: list[dict], measure_chars: int = 50, cell_chars: int =
     return lines
 
 
+def console_summary(meta: Mapping) -> list[str]:
+    """What a run prints of its ``summary.json`` (``meta``): the scorecard as :func:`scorecard_lines`, then the
+    first prompt's samples side by side, one line each; empty when the run measured neither."""
+    lines: list[str] = []
+    if meta.get("scorecard"):
+        lines += ["Steering targets of issues 12 and 16 (held-out prompts; teacher-forced unless the measure says text)", ""]
+        lines += scorecard_lines(meta["scorecard"]) + [""]
+    if meta.get("samples"):
+        sample = meta["samples"][0]
+        lines += ["Samples (free-running, first seed; the command in brackets):"]
+        lines += [f"  {column.lower():<11} {text}" for column, text in sample.items()] + [""]
+    return lines
+
+
 def sample_table(free_running: pd.DataFrame, n_prompts: int = 2, level: int = 3) -> pd.DataFrame:
     """Seed-0 (lowest seed) samples of ``n_prompts`` prompts side by side: low-``level`` / none / high-``level``.
 

@@ -311,17 +311,10 @@ def timing_table(timings: dict[str, float]) -> str:
 
 def final_summary(folder: Path, tables: dict, timing: str) -> str:
     from analysis.formatting import format_consistency_table
-    from analysis.scorecard import scorecard_lines
+    from analysis.report import read_summary
+    from analysis.scorecard import console_summary
 
-    meta = _summary(folder / "results" / "summary.json")
-    lines = ["", "=" * 100]
-    if meta.get("scorecard"):
-        lines += ["Steering targets of issues 12 and 16 (held-out prompts; teacher-forced unless the measure says text)", ""]
-        lines += scorecard_lines(meta["scorecard"]) + [""]
-    if meta.get("samples"):
-        sample = meta["samples"][0]
-        lines += ["Samples (free-running, first seed; the command in brackets):", f"  prompt      {sample['Prompt']}"]
-        lines += [f"  {column.lower():<11} {text}" for column, text in sample.items() if column != "Prompt"] + [""]
+    lines = ["", "=" * 100] + console_summary(read_summary(folder / "results"))
     main_table = tables.get("teacher_forced.main")
     if main_table is not None:
         lines += ["Consistency on held-out prompts, all wordings (teacher-forced; 95% bootstrap intervals)", ""]
@@ -329,14 +322,6 @@ def final_summary(folder: Path, tables: dict, timing: str) -> str:
     lines += ["Time per stage:", "", timing, ""]
     lines += [f"Report: {folder / 'results' / 'report.md'}", f"Heads:  {folder / 'train'}"]
     return "\n".join(lines)
-
-
-def _summary(path: Path) -> dict:
-    """The analysis' ``summary.json`` (empty when the analysis wrote none)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.report import write_report
-from analysis.scorecard import json_ready, sample_table, scorecard, scorecard_lines
+from analysis.report import read_summary, write_report
+from analysis.scorecard import console_summary, json_ready, sample_table, scorecard, scorecard_lines
 from analysis.steering import parameter_measures
 from analysis.synthetic import synthetic_scores
 from analysis.targets import TARGETS
@@ -139,6 +139,19 @@ def test_summary_json_holds_the_scorecard_and_the_measures_as_strict_json(writte
     assert summary["measures"]["text"]["by_command_split"]["train"]["self_bleu"]["ordered"] in (True, False)
     assert summary["prompt_only"]["temperature"] == 1.0
     assert len(summary["samples"]) == 2
+
+
+def test_a_run_prints_its_summary_scorecard_and_first_samples(written, tmp_path):
+    out, _, _, _ = written
+    summary = read_summary(out)
+    lines = console_summary(summary)
+    n_pass = sum(r["status"] == "pass" for r in summary["scorecard"])
+    assert any(line.startswith(f"{n_pass} of ") for line in lines)
+    assert sum(line.startswith(("pass ", "FAIL ", "n/a ")) for line in lines) == len(TARGETS)
+    first = summary["samples"][0]
+    assert f"  prompt      {first['Prompt']}" in lines
+    assert any(line.startswith("  high-3") and first["High-3"] in line for line in lines)
+    assert read_summary(tmp_path) == {} and console_summary({}) == []  # a folder without a summary prints nothing
 
 
 def test_json_ready_and_sample_table_edge_cases():
