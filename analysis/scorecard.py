@@ -91,12 +91,17 @@ def scorecard_table(rows: list[dict]) -> pd.DataFrame:
     )
 
 
+def scorecard_count(rows: list[dict]) -> str:
+    """``"N of M measured targets pass (K not measured in this run)"``."""
+    n_pass = sum(r["status"] == "pass" for r in rows)
+    n_measured = sum(r["status"] != "n/a" for r in rows)
+    return f"{n_pass} of {n_measured} measured targets pass ({len(rows) - n_measured} not measured in this run)"
+
+
 def scorecard_lines(rows: list[dict], measure_chars: int = 50, cell_chars: int = 24) -> list[str]:
     """The scorecard as fixed-width console lines: a count sentence, a header, then one line per target
     (result, issue, measure, train and held-out wordings); long cells are cut with an ellipsis."""
-    n_pass = sum(r["status"] == "pass" for r in rows)
-    n_measured = sum(r["status"] != "n/a" for r in rows)
-    lines = [f"{n_pass} of {n_measured} measured targets pass ({len(rows) - n_measured} not measured in this run)", ""]
+    lines = [scorecard_count(rows), ""]
     issue_chars = max([len("issue")] + [len(str(r["issue"])) for r in rows])
     layout = f"{{:<6}} {{:<{issue_chars}}} {{:<{measure_chars}}} {{:<{cell_chars}}} {{}}"
     lines.append(layout.format("result", "issue", "measure", "train wordings", "held-out wordings"))
@@ -191,10 +196,8 @@ def scorecard_markdown(meta: Mapping, tables: Mapping[str, pd.DataFrame]) -> lis
     rows = meta.get("scorecard")
     lines: list[str] = []
     if rows:
-        n_pass = sum(r["status"] == "pass" for r in rows)
-        n_measured = sum(r["status"] != "n/a" for r in rows)
         lines += ["## Scorecard (issues 12 and 16)", "",
-                  f"{n_pass} of {n_measured} measured targets pass ({len(rows) - n_measured} not measured in this run). "
+                  f"{scorecard_count(rows)}. "
                   "Held-out prompts; teacher-forced unless the measure says text; definitions in MEASURES.md. A target "
                   "passes when every value shown meets it; a share of counted rows shows its 95% Wilson interval in "
                   "brackets (the verdict reads the share itself).", "", markdown_table(scorecard_table(rows)), ""]
