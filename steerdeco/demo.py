@@ -320,7 +320,8 @@ def final_summary(folder: Path, tables: dict, timing: str) -> str:
         lines += ["Consistency on held-out prompts, all wordings (teacher-forced; 95% bootstrap intervals)", ""]
         lines += [format_consistency_table(main_table), ""]
     lines += ["Time per stage:", "", timing, ""]
-    lines += [f"Report: {folder / 'results' / 'report.md'}", f"Heads:  {folder / 'train'}"]
+    lines += [f"Report: {folder / 'results' / 'report.md'}", f"Heads:  {folder / 'train'}", "",
+              f"Try commands of your own: python -m analysis.sample --heads {folder / 'train'} --prompt TEXT --command TEXT ..."]
     return "\n".join(lines)
 
 
