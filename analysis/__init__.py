@@ -24,6 +24,8 @@ Input everywhere: a pandas DataFrame of *variant scores*, one row per measured v
   :func:`~analysis.api.run` (an :class:`~analysis.options.AnalysisConfig`);
 * :mod:`analysis.cli`: ``python -m analysis`` (parses, calls :func:`~analysis.api.run`, prints);
 * :mod:`analysis.notebook`: what the notebooks in ``notebooks/`` load and show.
+* :mod:`analysis.sample`: ``python -m analysis.sample``, one prompt under commands of your own wording;
+* :mod:`analysis.probe`: ``python -m analysis.probe``, can a readout tell the command from one layer's prompt states.
 
 Importing this package has no side effects and imports neither torch nor matplotlib.
 """
