@@ -59,13 +59,12 @@ def try_commands(model, tokenizer, rows: Sequence[dict], seeds: Sequence[int], m
 
     from .collect import free_running_scores
 
-    scores = free_running_scores(model, tokenizer, rows, seeds=seeds, max_new_tokens=max_new_tokens,
-                                 batch_size=len(rows), progress=False)
     results = []
-    for row in rows:
-        own = scores[scores["command_id"] == row["command_id"]].sort_values("seed")
+    for row in rows:  # one row and seed at a time: a sample does not depend on the other commands or seeds asked for
+        own = [free_running_scores(model, tokenizer, [row], seeds=[seed], max_new_tokens=max_new_tokens, batch_size=1,
+                                   progress=False).iloc[0] for seed in seeds]
         samples = [{"seed": int(s.seed), "temperature": _mean(s.temperature), "top_p": _mean(s.top_p), "text": s.text}
-                   for s in own.itertuples()]
+                   for s in own]
         results.append({"command": row["command"], "samples": samples,
                         "identical": len({s["text"] for s in samples}) == 1,
                         "temperature": None, "top_p": None, "ratio": None})

@@ -65,8 +65,8 @@ def test_heads_at_the_temperature_floor_write_one_text_under_every_seed_and_at_t
     assert cold[0]["ratio"] == pytest.approx(1.0) and hot[0]["ratio"] == pytest.approx(1.0)
     assert cold[0]["temperature"] < 0.01 < 1.0 < hot[0]["temperature"]
     assert all(s["temperature"] > 1.0 for r in hot for s in r["samples"])
-    again = try_commands(*loaded(folders, "hot"), rows, seeds=[0, 1, 2], max_new_tokens=8)
-    assert [s["text"] for r in again for s in r["samples"]] == [s["text"] for r in hot for s in r["samples"]]  # seeded
+    alone = try_commands(*loaded(folders, "hot"), rows[:1], seeds=[2], max_new_tokens=8)
+    assert alone[0]["samples"][0] == hot[0]["samples"][2]  # seeded, whatever else was asked for
     lines = format_results(hot)
     assert lines[0].startswith("(no command): teacher-forced T ") and any(line.startswith("'be wild': ") for line in lines)
     assert "identical" in format_results(cold)[0]
