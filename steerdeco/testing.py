@@ -125,6 +125,19 @@ def tiny_model_and_tokenizer(arch: str = "llama", seed: int = 0, **config_overri
     return model, tokenizer
 
 
+def save_tiny_model(folder, seed: int = 0) -> None:
+    """Save a tiny Llama and its tokenizer into ``folder`` (a local model folder, as ``--model`` takes), with
+    blank tokens suppressed in its generation config: a random tiny model otherwise writes only those, and
+    tests that compare generated texts need words."""
+    model, tokenizer = tiny_model_and_tokenizer(seed=seed)
+    model.generation_config.suppress_tokens = [
+        i for i in range(len(tokenizer))
+        if i != tokenizer.eos_token_id and not tokenizer.decode([i], skip_special_tokens=True).strip()
+    ]
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def jitter_heads(model, seed: int = 0, scale: float = 0.05):
     """Add seeded ``N(0, scale)`` noise to every heads parameter of an ``AutoDecoModel``, in place; returns it.
 

@@ -15,7 +15,7 @@ from analysis.scores_io import SCORE_FILES, load_results
 from steerdeco import AutoDecoModel
 from steerdeco.control import BuildConfig, build_control_data
 from steerdeco.errors import AnalysisError
-from steerdeco.testing import jitter_heads, tiny_model, tiny_model_and_tokenizer
+from steerdeco.testing import jitter_heads, save_tiny_model, tiny_model
 from steerdeco.training import load_base_model
 
 PROMPTS = [
@@ -33,13 +33,7 @@ FAST = ["--n-boot", "30", "--no-progress", "--log-level", "WARNING"]
 def setup(tmp_path_factory):
     """A tiny model folder, heads trained for it (jittered fresh heads), prompts and control data with responses."""
     root = tmp_path_factory.mktemp("analysis_cli")
-    model, tokenizer = tiny_model_and_tokenizer(seed=0)
-    # a random tiny model answers greedily with blank tokens only; suppress them so generated responses are not empty
-    model.generation_config.suppress_tokens = [
-        i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id and not tokenizer.decode([i], skip_special_tokens=True).strip()
-    ]
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_model(root / "model")  # blank tokens suppressed, so generated responses are not empty
     base, _ = load_base_model(str(root / "model"))
     jitter_heads(AutoDecoModel(base)).save_pretrained(root / "heads")  # heads config names root/model as base model
     prompts = root / "prompts.jsonl"

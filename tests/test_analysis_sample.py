@@ -7,7 +7,7 @@ import torch
 
 from analysis.sample import format_results, main, sample_rows, try_commands
 from steerdeco import AutoDecoModel
-from steerdeco.testing import jitter_heads, tiny_model_and_tokenizer
+from steerdeco.testing import jitter_heads, save_tiny_model
 from steerdeco.training import load_base_model
 
 PROMPT = "Write a short poem about the sea."
@@ -17,13 +17,7 @@ PROMPT = "Write a short poem about the sea."
 def folders(tmp_path_factory):
     """A tiny model folder and three heads for it: jittered, 'cold' (T at its floor) and 'hot' (T at its ceiling)."""
     root = tmp_path_factory.mktemp("sample")
-    model, tokenizer = tiny_model_and_tokenizer(seed=0)
-    # a random tiny model writes blank tokens; suppress them so that samples have text to compare
-    model.generation_config.suppress_tokens = [
-        i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id and not tokenizer.decode([i], skip_special_tokens=True).strip()
-    ]
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     base, _ = load_base_model(str(root / "model"))
     jitter_heads(AutoDecoModel(base)).save_pretrained(root / "heads")
     for name, bias in (("cold", -30.0), ("hot", 30.0)):
