@@ -13,7 +13,7 @@ from .statistics import share_interval
 
 SPLITS = ("train", "heldout")
 TEXT_P = 0.01  # the text targets' significance level
-PLACEBO_P = 0.05  # placebo text: "no significant change" at this level
+PLACEBO_P = 0.05  # placebo text: "no significant change" at this family-wise level (Holm over its measures)
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,15 @@ def _text_delta(measure: str, variant: str, sign: int) -> Callable[[Mapping, str
 
 
 def _placebo_text(measures: Mapping, split: str) -> Cell | None:
+    """No significant change in any of the text measures, as one family: a change is significant when the
+    Holm-adjusted p-value of the smallest one (``k * min p`` over ``k`` measures) is below :data:`PLACEBO_P`,
+    so that a placebo which changes nothing fails at rate ``PLACEBO_P``, not ``k`` times that."""
     ps = [_text(measures, split, m, "placebo_p") for m in ("self_bleu", "distinct_2")]
     ps = [p for p in ps if _finite(p)]
     if not ps:
         return None
-    return Cell(min(ps), min(ps) >= PLACEBO_P, f"min p {format_p(min(ps))}")
+    adjusted = min(1.0, len(ps) * min(ps))
+    return Cell(adjusted, adjusted >= PLACEBO_P, f"Holm p {format_p(adjusted)} (min p {format_p(min(ps))} of {len(ps)})")
 
 
 def _ordering(measures: Mapping, split: str) -> Cell | None:
@@ -208,7 +212,7 @@ TARGETS: tuple[Target, ...] = (
     Target("text_bleu_high", "12.4", "Text: self-BLEU high-3 < none", "Delta < 0, p < 0.01", _text_delta("self_bleu", "high", -1)),
     Target("text_d2_low", "12.4", "Text: distinct-2 low-3 < none", "Delta < 0, p < 0.01", _text_delta("distinct_2", "low", -1)),
     Target("text_d2_high", "12.4", "Text: distinct-2 high-3 > none", "Delta > 0, p < 0.01", _text_delta("distinct_2", "high", 1)),
-    Target("text_placebo", "12.4", "Text: placebo changes nothing (self-BLEU, distinct-2)", "p >= 0.05", _placebo_text),
+    Target("text_placebo", "12.4", "Text: placebo changes nothing (self-BLEU, distinct-2)", "Holm p >= 0.05", _placebo_text),
     Target("no_command_diversity", "12.5", "No-command text diversity within the base model's 95% CI", "yes", _within_base,
            splits=("heldout",)),
     Target("no_command_reference", "MEASURES", "No command: T, P and text as heads not trained to steer", "yes",

@@ -66,14 +66,18 @@ def test_text_targets_need_the_commanded_sign_and_p_below_a_hundredth():
 
     split = {"self_bleu": {"delta": {"low": delta(0.1, 0.001), "high": delta(-0.1, 0.02), "placebo": delta(0.0, 0.5)},
                            "placebo_p": 0.5},
-             "distinct_2": {"delta": {"low": delta(0.05, 0.001), "high": delta(0.1, 0.001)}, "placebo_p": 0.03},
+             "distinct_2": {"delta": {"low": delta(0.05, 0.001), "high": delta(0.1, 0.001)}, "placebo_p": 0.02},
              "no_randomness_identical": {"n_prompts": 10, "share": 0.9}}
     rows = by_key(scorecard({"text": {"by_command_split": {"heldout": split}}}))
     assert rows["text_bleu_low"]["status"] == "pass"
     assert rows["text_bleu_high"]["status"] == "FAIL"  # p 0.02
     assert rows["text_d2_low"]["status"] == "FAIL"  # wrong sign
     assert rows["text_d2_high"]["status"] == "pass"
-    assert rows["text_placebo"]["status"] == "FAIL" and rows["text_placebo"]["heldout"] == 0.03
+    # placebo: the two measures are one family, Holm-adjusted (2 x 0.02 = 0.04 < 0.05)
+    assert rows["text_placebo"]["status"] == "FAIL" and rows["text_placebo"]["heldout"] == pytest.approx(0.04)
+    split["distinct_2"]["placebo_p"] = 0.03  # 2 x 0.03 = 0.06: one of two measures at 0.03 is what chance gives
+    placebo = by_key(scorecard({"text": {"by_command_split": {"heldout": split}}}))["text_placebo"]
+    assert placebo["status"] == "pass" and placebo["heldout_text"] == "Holm p 0.060 (min p 0.030 of 2)"
     assert rows["no_randomness_text"]["status"] == "pass" and rows["no_randomness_text"]["heldout_text"] == "90% of 10 [60%, 98%]"
 
 
