@@ -79,6 +79,14 @@ class HeadsConfig:
         },
     )
     pool_width: int = field(default=64, metadata={"help": "With prompt_attention: width of the scoring MLP."})
+    pool_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "With prompt_attention: dropout on the prompt's normalised states in training mode (each feature "
+            "zeroed with this probability before scoring and pooling), so that no reading rests on a few features "
+            "of one word; inference reads every feature. 0: off."
+        },
+    )
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
     base_model_fingerprint: str | None = field(
         default=None,
@@ -115,6 +123,11 @@ class HeadsConfig:
             raise ValueError("context_layer is read by context_pooling='prompt_attention' only")
         if not isinstance(self.pool_width, int) or isinstance(self.pool_width, bool) or self.pool_width < 1:
             raise ValueError(f"pool_width must be a positive integer, got {self.pool_width!r}")
+        dropout = self.pool_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"pool_dropout must be a number in [0, 1), got {dropout!r}")
+        if dropout and self.context_pooling != "prompt_attention":
+            raise ValueError("pool_dropout is used by context_pooling='prompt_attention' only")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"heads format_version {self.format_version} is not supported by this steerdeco "

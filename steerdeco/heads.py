@@ -141,18 +141,21 @@ class PromptAttentionPool(nn.Module):
     """``softmax(score(LN(h))) . LN(h)`` over the prompt: states ``[B, P, H]``, mask ``[B, P]`` -> ``[B, H]``.
 
     ``score`` is a two-layer MLP whose last layer starts at zero, so fresh pooling is the mean of the
-    layer-normalised prompt states. Rows without any prompt position pool to zeros.
+    layer-normalised prompt states. Rows without any prompt position pool to zeros. ``dropout``: in
+    training mode each feature of the normalised states is zeroed with this probability (and the rest
+    scaled up) before scoring and pooling.
     """
 
-    def __init__(self, hidden_size: int, width: int):
+    def __init__(self, hidden_size: int, width: int, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.dropout = nn.Dropout(dropout)
         self.score = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
         nn.init.zeros_(self.score[-1].weight)
         nn.init.zeros_(self.score[-1].bias)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        normed = self.norm(states.to(self.score[0].weight.dtype))
+        normed = self.dropout(self.norm(states.to(self.score[0].weight.dtype)))
         keep = mask.bool()
         scores = self.score(normed).squeeze(-1).masked_fill(~keep, float("-inf"))
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an all-masked row: zeros
@@ -254,7 +257,7 @@ class AutoDecoHeads(nn.Module):
             self.register_buffer("context_shift", torch.zeros(config.hidden_size))
             self.register_buffer("context_scale", torch.ones(config.hidden_size))
         self.prompt_pool = (
-            PromptAttentionPool(config.hidden_size, config.pool_width)
+            PromptAttentionPool(config.hidden_size, config.pool_width, config.pool_dropout)
             if config.context_features and config.context_pooling == "prompt_attention"
             else None
         )

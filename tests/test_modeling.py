@@ -248,6 +248,31 @@ def test_prompt_attention_starts_as_the_mean_of_the_normalised_prompt_and_leaves
     assert torch.equal(pool(states, torch.zeros_like(mask))[0], torch.zeros(16))  # no prompt: zeros
 
 
+def test_pool_dropout_drops_state_features_in_training_only():
+    from steerdeco.heads import PromptAttentionPool
+
+    torch.manual_seed(0)
+    plain, dropped = PromptAttentionPool(16, 8), PromptAttentionPool(16, 8, dropout=0.5)
+    with torch.no_grad():
+        plain.score[-1].weight.normal_()
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no parameters
+    states, mask = torch.randn(3, 6, 16), torch.ones(3, 6, dtype=torch.bool)
+    first, second = dropped(states, mask), dropped(states, mask)
+    assert not torch.allclose(first, second)  # training mode: each call drops other features
+    assert not torch.allclose(first, plain(states, mask))
+    dropped.eval()
+    torch.testing.assert_close(dropped(states, mask), plain(states, mask))  # inference reads every feature
+    with pytest.raises(ValueError, match=r"pool_dropout must be a number in \[0, 1\), got 1.0"):
+        HeadsConfig(hidden_size=8, context_features=True, context_pooling="prompt_attention", pool_dropout=1.0)
+    with pytest.raises(ValueError, match="pool_dropout is used by context_pooling='prompt_attention' only"):
+        HeadsConfig(hidden_size=8, context_features=True, pool_dropout=0.2)
+    from steerdeco.training import SteeringConfig
+
+    config = SteeringConfig(output_dir="x", heads_context_features=True, heads_context_pooling="prompt_attention",
+                            heads_pool_dropout=0.2)
+    assert config.heads_config(64).pool_dropout == 0.2
+
+
 def test_prompt_attention_heads_pool_only_the_prompt_and_round_trip(tiny, chat_batch, tmp_path):
     base, _ = tiny
     config = HeadsConfig(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,

@@ -118,6 +118,8 @@ MOVES = {
     "placebo_top_p_loss": (lambda t, p, b: abs(distance_to_none(p, b, "placebo")), "down"),
     "ratio_temperature_loss": (lambda t, p, b: distance_to_none(t, b, "low", log=True), "down"),
     "absolute_temperature_loss": (lambda t, p, b: target_error(t, b["target_temperature"], log=True), "down"),
+    # t is each row's response-mean T: this term moves exactly that toward the named value
+    "absolute_mean_temperature_loss": (lambda t, p, b: target_error(t, b["target_temperature"], log=True), "down"),
     "absolute_top_p_loss": (lambda t, p, b: target_error(p, b["target_top_p"]), "down"),
 }
 

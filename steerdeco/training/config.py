@@ -43,6 +43,7 @@ HEADS_FIELDS = {
     "context_pooling": "heads_context_pooling",
     "context_layer": "heads_context_layer",
     "pool_width": "heads_pool_width",
+    "pool_dropout": "heads_pool_dropout",
 }
 
 
@@ -235,6 +236,7 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     heads_context_pooling: str = _heads_field("context_pooling")
     heads_context_layer: int = _heads_field("context_layer")
     heads_pool_width: int = _heads_field("pool_width")
+    heads_pool_dropout: float = _heads_field("pool_dropout")
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )

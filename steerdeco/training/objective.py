@@ -8,6 +8,7 @@ The objective is a weighted sum of named terms (:data:`LOSS_TERMS`, like trl's `
     + placebo_weight * (placebo_T + placebo_P)
     + temperature_ratio_weight * ratio_T            (commanded rows: log T_cmd = log T_none + log ratio(level))
     + absolute_weight * absolute_T                  (rows naming a temperature X: log T toward log max(X, floor))
+    + absolute_mean_weight * absolute_mean_T        (the same rows: log of the response-mean T toward it)
     + top_p_absolute_weight * absolute_P            (rows naming a top-p X: P toward X)
     + anchor_weight * anchor                        (with anchor_heads: rows without a command keep their T, P)
     + lm_loss_weight * lm (lora_joint only)
@@ -37,6 +38,7 @@ from ..ranking import (
     pairwise_ranking_loss,
     placebo_loss,
     relative_target_loss,
+    sequence_means,
 )
 from ..rows import VARIANTS
 
@@ -51,6 +53,7 @@ LOSS_TERMS = (
     "placebo_top_p_loss",
     "ratio_temperature_loss",
     "absolute_temperature_loss",
+    "absolute_mean_temperature_loss",
     "absolute_top_p_loss",
     "anchor_loss",
     "lm_loss",
@@ -61,6 +64,7 @@ STEERING_WEIGHT_FIELDS = (
     "top_p_ranking_weight",
     "placebo_weight",
     "absolute_weight",
+    "absolute_mean_weight",
     "temperature_ratio_weight",
     "top_p_absolute_weight",
 )
@@ -157,6 +161,15 @@ class ObjectiveArguments:
         metadata={
             "help": "Weight of (log T - log max(target, absolute_temperature_floor))^2 for commands naming a target "
             "temperature."
+        },
+    )
+    absolute_mean_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of (log mean T - log max(target, absolute_temperature_floor))^2 over the response of each "
+            "row naming a temperature: the response-mean T, which a user reads and the named-value measure scores. "
+            "The absolute_weight term regresses each token's log T, whose mean in T lies above the target wherever T "
+            "varies along the response. 0: off."
         },
     )
     absolute_temperature_floor: float = field(
@@ -278,6 +291,7 @@ class SteeringObjective:
             "placebo_top_p_loss": args.placebo_weight if train_p else None,
             "ratio_temperature_loss": args.temperature_ratio_weight if train_t and args.temperature_ratio_weight else None,
             "absolute_temperature_loss": args.absolute_weight if train_t else None,
+            "absolute_mean_temperature_loss": args.absolute_mean_weight if train_t and args.absolute_mean_weight else None,
             "absolute_top_p_loss": args.top_p_absolute_weight if train_p and args.top_p_absolute_weight else None,
             "anchor_loss": args.anchor_weight if getattr(args, "anchor_heads", None) and args.anchor_weight else None,
             "lm_loss": args.lm_loss_weight if args.training_mode == "lora_joint" else None,
@@ -359,6 +373,11 @@ class SteeringObjective:
         if "absolute_temperature_loss" in weights:
             targets = inputs["target_temperature"].clamp_min(self.absolute_temperature_floor).log()
             terms["absolute_temperature_loss"] = absolute_target_loss(log_t, mask, targets, reduction=reduction)
+        if "absolute_mean_temperature_loss" in weights:
+            targets = inputs["target_temperature"].clamp_min(self.absolute_temperature_floor).log()
+            mean_t = sequence_means(temperature, mask).clamp_min(MIN_TEMPERATURE).unsqueeze(-1)
+            terms["absolute_mean_temperature_loss"] = absolute_target_loss(
+                mean_t.log(), mask.any(-1, keepdim=True), targets, reduction="token")
         if "absolute_top_p_loss" in weights:
             terms["absolute_top_p_loss"] = absolute_target_loss(top_p, mask, inputs["target_top_p"], reduction=reduction)
         if "anchor_loss" in weights:
