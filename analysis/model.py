@@ -65,15 +65,16 @@ def default_model(heads_dir: Path) -> str:
     return str(name)
 
 
-def load_base(name: str, from_heads: bool = False):
-    """``(model, tokenizer)`` of ``embedded``, ``tiny`` or a local folder (:func:`steerdeco.training.load_base_model`)."""
+def load_base(name: str, from_heads: bool = False, dtype=None):
+    """``(model, tokenizer)`` of ``embedded``, ``tiny`` or a local folder (:func:`steerdeco.training.load_base_model`),
+    in ``dtype`` (a ``torch.dtype``; None: the loader's default)."""
     from steerdeco.loading import load_base_model
 
     if name not in ("embedded", "tiny") and not Path(name).is_dir():
         where = f"the heads config names base model {name!r}" if from_heads else f"--model {name!r}"
         raise AnalysisError(f"{where}, which is not 'embedded', 'tiny' or a local model folder; pass --model")
     try:
-        return load_base_model(name)
+        return load_base_model(name) if dtype is None else load_base_model(name, dtype)
     except (OSError, ValueError) as error:
         raise AnalysisError(f"--model {name!r} could not be loaded: {error}") from error
 
