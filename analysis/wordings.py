@@ -143,15 +143,15 @@ def _obeyed(frame: pd.DataFrame) -> pd.Series:
     """Per row: did it do what its command asks (the measure of its kind)?"""
     from .steering import NO_RANDOMNESS_MAX_T, TOP_P_TOLERANCE, temperature_tolerance
 
-    kind = frame["kind"]
+    kind, value = frame["kind"], pd.to_numeric(frame["value"], errors="coerce")  # relative rows: no value (NaN)
     out = pd.Series(False, index=frame.index)
     out[kind == "low"] = frame["ratio"] < 1
     out[kind == "high"] = frame["ratio"] > 1
     out[kind == "no_randomness"] = frame["temperature"] <= NO_RANDOMNESS_MAX_T
     named_t = kind == "named_temperature"
-    out[named_t] = (frame["temperature"] - frame["value"]).abs() <= temperature_tolerance(frame["value"].where(named_t, 0))
+    out[named_t] = (frame["temperature"] - value).abs() <= temperature_tolerance(value.where(named_t, 0))
     named_p = kind == "named_top_p"
-    out[named_p] = (frame["top_p"] - frame["value"]).abs() <= TOP_P_TOLERANCE
+    out[named_p] = (frame["top_p"] - value).abs() <= TOP_P_TOLERANCE
     return out
 
 

@@ -98,6 +98,8 @@ def test_each_kind_is_scored_by_its_own_measure_and_the_weakest_wordings_come_fi
     assert kinds["named_top_p"]["share"] == 0.5 and kinds["named_top_p"]["median_ratio"] is None
     assert kinds["low"]["lo"] < 0.5 < kinds["low"]["hi"]
     assert [w["share"] for w in measures["by_wording"]] == sorted(w["share"] for w in measures["by_wording"])
+    relative_only = wording_measures(scored[scored["kind"].isin(["none", "high"])].assign(value=None))
+    assert list(relative_only["by_kind"]) == ["high"]  # a file of relative wordings alone has no values to compare
     lines = format_measures(measures)
     assert "single-command consistency, low" in lines[1] and "50% of 2 rows" in lines[1]
     assert any("x0.77" in line and "calm" in line for line in lines)
