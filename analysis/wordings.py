@@ -270,12 +270,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     prompts = held_out_prompts(rows, args.max_prompts)
     if not prompts:
         raise SystemExit(f"--data {args.data}: no eval prompt with a no-command row and a response to score")
+    from steerdeco.training.config import resolve_dtype
+
     from .model import attach_heads, default_model, load_base, resolve_device, resolve_heads
 
     try:
         heads_dir = resolve_heads(args.heads)
         model_name = args.model or default_model(heads_dir)
-        base, tokenizer = load_base(model_name, from_heads=args.model is None, dtype=_dtype(args.dtype))
+        base, tokenizer = load_base(model_name, from_heads=args.model is None, dtype=resolve_dtype(args.dtype))
         model = attach_heads(heads_dir, base, model_name).to(resolve_device(args.device)).eval()
     except AnalysisError as error:
         raise SystemExit(str(error)) from None
@@ -291,16 +293,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         atomic_write_text(args.out, json.dumps(measures, indent=2) + "\n")
     return measures
-
-
-def _dtype(name: str):
-    import torch
-
-    if name == "auto":
-        from steerdeco.training.config import fast_bf16_available
-
-        return torch.bfloat16 if fast_bf16_available() else torch.float32
-    return getattr(torch, name)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,14 @@ def _heads_field(name: str):
     return field(default=source.default, metadata={"help": f"HeadsConfig.{name}: {source.metadata['help']}"})
 
 
+def resolve_dtype(name: str) -> torch.dtype:
+    """The ``torch.dtype`` of one of :data:`BACKBONE_DTYPES`: ``auto`` is bfloat16 where it is fast
+    (:func:`fast_bf16_available`), else float32."""
+    if name == "auto":
+        return torch.bfloat16 if fast_bf16_available() else torch.float32
+    return getattr(torch, name)
+
+
 def fast_bf16_available() -> bool:
     """Whether bf16 matrix products are fast here: a CUDA GPU with bf16, or a CPU with AMX tiles."""
     if torch.cuda.is_available():
@@ -289,9 +297,7 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     @property
     def backbone_torch_dtype(self) -> torch.dtype:
         """The ``torch.dtype`` that ``backbone_dtype`` resolves to on this machine."""
-        if self.backbone_dtype == "auto":
-            return torch.bfloat16 if fast_bf16_available() else torch.float32
-        return getattr(torch, self.backbone_dtype)
+        return resolve_dtype(self.backbone_dtype)
 
     @property
     def use_backbone_cache(self) -> bool:
