@@ -387,7 +387,8 @@ class AutoDecoModel(nn.Module):
     def from_pretrained(
         cls, heads_directory: str | os.PathLike, base_model: nn.Module, freeze_base: bool = True
     ) -> AutoDecoModel:
-        """Attach heads saved by :meth:`save_pretrained` to ``base_model``.
+        """Attach heads saved by :meth:`save_pretrained` to ``base_model``, in evaluation mode (as transformers'
+        ``from_pretrained``: dropout off; a trainer switches training mode on itself).
 
         Raises:
             FileNotFoundError: the folder or one of its two files is missing.
@@ -396,4 +397,4 @@ class AutoDecoModel(nn.Module):
         config, state = read_heads(heads_directory, base_model)
         model = cls(base_model, heads_config=config, freeze_base=freeze_base)
         model.heads.load_state_dict(state)
-        return model
+        return model.eval()

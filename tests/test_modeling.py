@@ -273,6 +273,22 @@ def test_pool_dropout_drops_state_features_in_training_only():
     assert config.heads_config(64).pool_dropout == 0.2
 
 
+def test_heads_loaded_with_from_pretrained_decode_without_dropout(tiny, chat_batch, tmp_path):
+    base, _ = tiny
+    config = HeadsConfig(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,
+                         context_pooling="prompt_attention", context_layer=1, pool_dropout=0.5)
+    trained = AutoDecoModel(base, config)
+    with torch.no_grad():
+        for p in trained.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    assert not torch.equal(trained(**chat_batch).temperature, trained(**chat_batch).temperature)  # training mode
+    trained.save_pretrained(tmp_path / "heads")
+    loaded = AutoDecoModel.from_pretrained(tmp_path / "heads", base_model=base)
+    assert not loaded.training and not loaded.heads.prompt_pool.training
+    torch.testing.assert_close(loaded(**chat_batch).temperature, loaded(**chat_batch).temperature)
+    torch.testing.assert_close(loaded(**chat_batch).temperature, trained.eval()(**chat_batch).temperature)
+
+
 def test_prompt_attention_heads_pool_only_the_prompt_and_round_trip(tiny, chat_batch, tmp_path):
     base, _ = tiny
     config = HeadsConfig(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,
