@@ -370,14 +370,14 @@ class SteeringObjective:
         if "ratio_temperature_loss" in weights:
             offsets = level_offsets(levels, self.low_temperature_ratios, self.high_temperature_ratios)
             terms["ratio_temperature_loss"] = relative_target_loss(log_t, mask, groups, is_none, offsets, reduction=reduction)
+        if "absolute_temperature_loss" in weights or "absolute_mean_temperature_loss" in weights:
+            named_log_t = inputs["target_temperature"].clamp_min(self.absolute_temperature_floor).log()
         if "absolute_temperature_loss" in weights:
-            targets = inputs["target_temperature"].clamp_min(self.absolute_temperature_floor).log()
-            terms["absolute_temperature_loss"] = absolute_target_loss(log_t, mask, targets, reduction=reduction)
-        if "absolute_mean_temperature_loss" in weights:
-            targets = inputs["target_temperature"].clamp_min(self.absolute_temperature_floor).log()
+            terms["absolute_temperature_loss"] = absolute_target_loss(log_t, mask, named_log_t, reduction=reduction)
+        if "absolute_mean_temperature_loss" in weights:  # the response-mean T, one value per row
             mean_t = sequence_means(temperature, mask).clamp_min(MIN_TEMPERATURE).unsqueeze(-1)
             terms["absolute_mean_temperature_loss"] = absolute_target_loss(
-                mean_t.log(), mask.any(-1, keepdim=True), targets, reduction="token")
+                mean_t.log(), mask.any(-1, keepdim=True), named_log_t, reduction="token")
         if "absolute_top_p_loss" in weights:
             terms["absolute_top_p_loss"] = absolute_target_loss(top_p, mask, inputs["target_top_p"], reduction=reduction)
         if "anchor_loss" in weights:
