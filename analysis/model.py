@@ -108,6 +108,18 @@ def attach_heads(heads_dir: Path, base, model_name: str, flag: str = "--heads"):
     return model.eval()
 
 
+def load_heads_model(heads: str | os.PathLike, model: str | None = None, device: str = "auto", dtype=None):
+    """``(trained model, tokenizer)`` for the one-model tools (``analysis.sample``, ``analysis.wordings``): the heads
+    of ``--heads`` (a run or checkpoint folder) on ``--model`` (default: the base model their config names), on
+    ``device``, the base model in ``dtype`` (None: the loader's default). Every failure is an :class:`AnalysisError`
+    naming the flag; the device is checked before any model is loaded."""
+    heads_dir = resolve_heads(heads)
+    model_name = model or default_model(heads_dir)
+    device = resolve_device(device)
+    base, tokenizer = load_base(model_name, from_heads=model is None, dtype=dtype)
+    return attach_heads(heads_dir, base, model_name).to(device), tokenizer
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a CUDA device is an :class:`AnalysisError`."""
     import torch

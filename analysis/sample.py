@@ -138,14 +138,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise SystemExit(str(error)) from None
     from steerdeco.errors import AnalysisError
 
-    from .model import attach_heads, default_model, load_base, resolve_device, resolve_heads
+    from .model import load_heads_model
 
     try:
-        heads_dir = resolve_heads(args.heads)
-        model_name = args.model or default_model(heads_dir)
-        device = resolve_device(args.device)
-        base, tokenizer = load_base(model_name, from_heads=args.model is None)
-        model = attach_heads(heads_dir, base, model_name).to(device)
+        model, tokenizer = load_heads_model(args.heads, args.model, args.device)
     except AnalysisError as error:
         raise SystemExit(str(error)) from None
     tokenizer.padding_side = "left"

@@ -272,13 +272,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"--data {args.data}: no eval prompt with a no-command row and a response to score")
     from steerdeco.training.config import resolve_dtype
 
-    from .model import attach_heads, default_model, load_base, resolve_device, resolve_heads
+    from .model import load_heads_model
 
     try:
-        heads_dir = resolve_heads(args.heads)
-        model_name = args.model or default_model(heads_dir)
-        base, tokenizer = load_base(model_name, from_heads=args.model is None, dtype=resolve_dtype(args.dtype))
-        model = attach_heads(heads_dir, base, model_name).to(resolve_device(args.device)).eval()
+        model, tokenizer = load_heads_model(args.heads, args.model, args.device, resolve_dtype(args.dtype))
     except AnalysisError as error:
         raise SystemExit(str(error)) from None
     try:
