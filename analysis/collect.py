@@ -212,8 +212,13 @@ def cached_teacher_forced_parameters(
         context = torch.cat([p[1] for p in pieces]).to(device) if use_context else None
         if pooling:  # each row's pooled prompt, repeated along its response
             prompts = [source.prompts([row]) for source, row in chunk]
+            ids = [None] * len(chunk)
+            if heads.named_paths is not None:  # heads that read named values read the prompt's token ids too
+                ids = [torch.tensor([e["input_ids"][: e["response_start"]]], device=device)
+                       for e in examples[start : start + len(chunk)]]
             with torch.no_grad():
-                pooled = torch.cat([heads.pool_prompt(st.to(device), m.to(device)) for st, m in prompts])
+                pooled = torch.cat([heads.pool_prompt(st.to(device), m.to(device), i)
+                                    for (st, m), i in zip(prompts, ids, strict=True)])
             context = pooled.repeat_interleave(torch.tensor([p[0].shape[0] for p in pieces], device=device), dim=0)
         values = torch.cat([p[2].values for p in pieces]).to(device)
         counts = torch.cat([p[2].counts for p in pieces]).to(device)

@@ -87,6 +87,23 @@ class HeadsConfig:
             "of one word; inference reads every feature. 0: off."
         },
     )
+    named_values: bool = field(
+        default=False,
+        metadata={
+            "help": "With prompt_attention and a steering path: read the value a command names ('temperature 0.3', "
+            "'top-p 0.9'). The numbers the prompt writes come in as token features (steerdeco.numbers); per head an "
+            "attention over them picks the named one and a gate, trained on which rows name the head's quantity "
+            "(the objective's named_gate_weight), pulls T or P toward it. Off: commands naming values are read "
+            "through the steering path like any other."
+        },
+    )
+    number_tokens: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "help": "With named_values: {token id: text} of the base tokenizer's tokens that can write a number "
+            "(steerdeco.numbers.number_token_table; the trainer fills it in)."
+        },
+    )
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
     base_model_fingerprint: str | None = field(
         default=None,
@@ -128,6 +145,14 @@ class HeadsConfig:
             raise ValueError(f"pool_dropout must be a number in [0, 1), got {dropout!r}")
         if dropout and self.context_pooling != "prompt_attention":
             raise ValueError("pool_dropout is used by context_pooling='prompt_attention' only")
+        if self.named_values and (self.context_pooling != "prompt_attention" or not self.steering_width):
+            raise ValueError("named_values needs context_pooling='prompt_attention' and a steering path (steering_width > 0)")
+        tokens = self.number_tokens
+        if tokens is not None and (
+            not isinstance(tokens, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                                                    for k, v in tokens.items())
+        ):
+            raise ValueError("number_tokens must map token ids (strings of digits) to their text")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"heads format_version {self.format_version} is not supported by this steerdeco "

@@ -32,7 +32,13 @@ import torch
 from transformers import LogitsProcessor, TopKLogitsWarper
 
 from .heads import MIN_TEMPERATURE, running_context
-from .hooks import contiguous_lm_head_input, on_context_states, on_decoder_output, on_lm_head
+from .hooks import (
+    contiguous_lm_head_input,
+    on_context_states,
+    on_decoder_input_ids,
+    on_decoder_output,
+    on_lm_head,
+)
 
 # a used T below this decodes the token greedily: the T up to which issue 16.3 counts a reply as "no randomness"
 GREEDY_BELOW_TEMPERATURE = 0.15
@@ -163,6 +169,13 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
     record = _StepRecord()
     pool = heads_model.heads.prompt_pool is not None
     use_context = heads_model.heads_config.context_features and not pool
+    named = heads_model.heads.named_paths is not None
+
+    prefill_ids: list[torch.Tensor | None] = []
+
+    def keep_prefill_ids(input_ids: torch.Tensor | None) -> None:
+        if not prefill_ids:
+            prefill_ids.append(input_ids)
 
     def pool_prompt(states: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         # the first forward is the prefill: every prompt position; the context then stays for the whole reply
@@ -172,8 +185,13 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
             mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
         else:
             mask = attention_mask[:, : states.shape[1]]
+        ids = None
+        if named:
+            ids = prefill_ids[0] if prefill_ids else None
+            if ids is None:
+                raise ValueError("heads with named_values read the prompt's token ids: generate from input_ids, not inputs_embeds")
         with torch.no_grad():
-            record.context = heads_model.heads.pool_prompt(states, mask)
+            record.context = heads_model.heads.pool_prompt(states, mask, ids)
 
     def track_context(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         # positions so far: the mask covers them all; without one, a forward either continues from a KV
@@ -202,6 +220,8 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
             stack.enter_context(on_decoder_output(heads_model.base_model, track_context))
         if pool:
             layer = heads_model.heads_config.context_layer
+            if named:
+                stack.enter_context(on_decoder_input_ids(heads_model.base_model, keep_prefill_ids))
             stack.enter_context(on_context_states(heads_model.base_model, layer, pool_prompt))
         stack.enter_context(contiguous_lm_head_input(heads_model.base_model))
         stack.enter_context(on_lm_head(heads_model.base_model, callback))

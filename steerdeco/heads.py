@@ -22,6 +22,14 @@ alone, added to the head's logit. A command then shifts the logit of every token
 same amount: for T well below ``max_temperature`` (``sigmoid(z) ~ exp(z)``) that is a multiplier of
 the per-token T the AutoDeco path picks, for P a shift in log-odds.
 
+With ``named_values`` each head also reads the value a command names ("temperature 0.3", "top-p 90%"):
+the prompt's written numbers come in as token features (:mod:`steerdeco.numbers`), and per head a
+:class:`NamedValuePath` attends over the number positions (which number is the named one) and gates
+it (whether the prompt names this quantity at all; the two gates and "names nothing" share one softmax,
+:func:`named_gates`). The head's output is then pulled toward the named value by its gate ``g``:
+``log T = (1 - g) log T_steered + g log X`` and ``logit P = (1 - g) logit P_steered + g logit X``. The
+gates start closed.
+
 The last layer of each head (and of each steering path) starts at zero weight, so fresh heads predict ``T = max_temperature / 2``
 (1.0 by default) and ``P = INITIAL_TOP_P`` for every token: sampling starts as plain sampling at
 T = 1, top-p = 0.9.
@@ -32,13 +40,21 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import HeadsConfig
+from .numbers import NUMBER_FEATURES, NumberReader
 
 NUM_PROBABILITY_FEATURES = 4
 MIN_TEMPERATURE = 1e-4  # lower clamp on T, so logits / T stays finite
 INITIAL_TOP_P = 0.9
+#: With named_values the pooled context ends in these four per-reply numbers, after the ``hidden_size`` pooled features.
+NAMED_SLOTS = ("temperature_value", "temperature_gate", "top_p_value", "top_p_gate")
+#: What a named value is clamped to before the head is pulled toward it (None: the head's max_temperature). A named
+#: temperature below 0.05 reads as 0.05, the objective's absolute_temperature_floor (decoding takes it as greedy).
+NAMED_VALUE_RANGE = {"temperature": (0.05, None), "top_p": (0.01, 0.99)}
+CLOSED_GATE_BIAS = -8.0  # a fresh gate's logit: sigmoid of it is 3e-4
 
 
 def probability_features(
@@ -162,6 +178,65 @@ class PromptAttentionPool(nn.Module):
         return torch.einsum("bp,bph->bh", weights, normed)
 
 
+class NamedValuePath(nn.Module):
+    """The value a prompt names for one quantity and how sure the heads are that it names one.
+
+    ``(normed states [B, P, H], mask [B, P], numbers [B, P, NUMBER_FEATURES], pooled [B, H]) -> (value [B],
+    gate logit [B])``: an attention over the positions that write a number (scored from their normalised
+    state and number features) and one *null* slot of value 0 (where attention goes when no written
+    number is the named one) picks the named value. The gate, an MLP
+    on the reply's pooled context, the picked number's state and the null slot's weight, says whether
+    the prompt names a value for this quantity at all. The gate's last layer starts at zero weight and
+    ``CLOSED_GATE_BIAS``: fresh paths leave the heads as they would be without them.
+    """
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(hidden_size + NUMBER_FEATURES, width), nn.GELU(), nn.Linear(width, 1))
+        nn.init.zeros_(self.score[-1].weight)
+        nn.init.zeros_(self.score[-1].bias)
+        self.null_score = nn.Parameter(torch.zeros(1))
+        self.gate = nn.Sequential(nn.Linear(2 * hidden_size + 1, width), nn.GELU(), nn.Linear(width, 1))
+        nn.init.zeros_(self.gate[-1].weight)
+        nn.init.constant_(self.gate[-1].bias, CLOSED_GATE_BIAS)
+
+    def forward(self, normed: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor, pooled: torch.Tensor):
+        numbers = numbers.to(normed.dtype)
+        written = mask.bool() & (numbers[..., 0] > 0)
+        scores = normed.new_full(written.shape, float("-inf"))  # scored at the few positions that write a number
+        scores[written] = self.score(torch.cat([normed[written], numbers[written]], dim=-1)).squeeze(-1)
+        null = self.null_score.to(scores.dtype).expand(scores.shape[0], 1)
+        weights = torch.softmax(torch.cat([null, scores], dim=-1), dim=-1)
+        null_weight, weights = weights[:, :1], weights[:, 1:]
+        value = (weights * numbers[..., 1]).sum(-1)
+        picked = torch.einsum("bp,bph->bh", weights, normed)
+        return value, self.gate(torch.cat([pooled, picked, null_weight], dim=-1)).squeeze(-1)
+
+
+def named_gate_logits(named: torch.Tensor) -> torch.Tensor:
+    """``[..., 3]`` logits that a prompt names no value, a temperature, a top-p: (0, the temperature gate's
+    logit, the top-p gate's logit) of the :data:`NAMED_SLOTS` ``named [..., 4]``."""
+    return torch.stack([torch.zeros_like(named[..., 1]), named[..., 1], named[..., 3]], dim=-1)
+
+
+def named_gates(named: torch.Tensor) -> torch.Tensor:
+    """``[..., 3]`` probabilities of :func:`named_gate_logits`: one prompt names at most one of them, so the two
+    gates compete."""
+    return torch.softmax(named_gate_logits(named), dim=-1)
+
+
+def _toward_named(value: torch.Tensor, named: torch.Tensor | None, quantity: str, upper: float) -> torch.Tensor:
+    """``value`` (a head's logit space: log T or logit P) pulled toward the named value by the head's gate."""
+    if named is None:
+        return value
+    index = 0 if quantity == "temperature" else 2
+    low, high = NAMED_VALUE_RANGE[quantity]
+    target = named[..., index].clamp(low, high if high is not None else upper)
+    target = target.log() if quantity == "temperature" else torch.logit(target)
+    gate = named_gates(named)[..., 1 if quantity == "temperature" else 2]
+    return (1 - gate) * value + gate * target
+
+
 class SteeringPath(nn.Module):
     """``MLP(LayerNorm(context))``: a logit offset from the context alone; ``[..., H] -> [...]``, zero at init."""
 
@@ -195,12 +270,18 @@ class TemperatureHead(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.steering = _steering_path(config)
+        self.named = NamedValuePath(config.hidden_size, config.pool_width) if config.named_values else None
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, context: torch.Tensor | None = None, named: torch.Tensor | None = None
+    ) -> torch.Tensor:
         logit = self.mlp(_head_input(hidden, context, self.use_context)).squeeze(-1)
         if self.steering is not None:
             logit = logit + self.steering(context)
-        return (self.max_temperature * torch.sigmoid(logit)).clamp_min(MIN_TEMPERATURE)
+        if named is None:
+            return (self.max_temperature * torch.sigmoid(logit)).clamp_min(MIN_TEMPERATURE)
+        log_t = math.log(self.max_temperature) + F.logsigmoid(logit)
+        return _toward_named(log_t, named, "temperature", self.max_temperature).exp().clamp_min(MIN_TEMPERATURE)
 
 
 class TopPHead(nn.Module):
@@ -216,6 +297,7 @@ class TopPHead(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.constant_(self.mlp[-1].bias, math.log(INITIAL_TOP_P / (1 - INITIAL_TOP_P)))
         self.steering = _steering_path(config)
+        self.named = NamedValuePath(config.hidden_size, config.pool_width) if config.named_values else None
 
     def forward(
         self,
@@ -223,6 +305,7 @@ class TopPHead(nn.Module):
         temperature: torch.Tensor,
         features: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        named: torch.Tensor | None = None,
     ) -> torch.Tensor:
         parts = [_head_input(hidden, context, self.use_context), temperature.detach().unsqueeze(-1)]
         if self.use_features:
@@ -232,7 +315,7 @@ class TopPHead(nn.Module):
         logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
         if self.steering is not None:
             logit = logit + self.steering(context)
-        return torch.sigmoid(logit)
+        return torch.sigmoid(_toward_named(logit, named, "top_p", 1.0))
 
 
 class AutoDecoHeads(nn.Module):
@@ -261,12 +344,43 @@ class AutoDecoHeads(nn.Module):
             if config.context_features and config.context_pooling == "prompt_attention"
             else None
         )
+        self.number_reader = NumberReader(config.number_tokens) if config.named_values and config.number_tokens else None
 
-    def pool_prompt(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The context of heads with ``prompt_attention``: prompt states ``[B, P, H]``, mask ``[B, P]`` -> ``[B, H]``."""
+    @property
+    def named_paths(self) -> dict[str, NamedValuePath] | None:
+        """``{"temperature": path, "top_p": path}`` of heads with ``named_values`` (each head holds its own), else None."""
+        if not self.config.named_values:
+            return None
+        return {"temperature": self.temperature_head.named, "top_p": self.top_p_head.named}
+
+    def pool_prompt(self, states: torch.Tensor, mask: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The context of heads with ``prompt_attention``: prompt states ``[B, P, H]``, mask ``[B, P]`` -> ``[B, H]``.
+
+        With ``named_values`` the prompt's token ids ``input_ids [B, P]`` are read too and the context is
+        ``[B, H + 4]``: the pooled states, then the :data:`NAMED_SLOTS` (each head's named value and gate logit).
+        """
         if self.prompt_pool is None:
             raise ValueError("these heads do not pool the prompt (context_pooling is not 'prompt_attention')")
-        return self.prompt_pool(states, mask)
+        pooled = self.prompt_pool(states, mask)
+        if self.named_paths is None:
+            return pooled
+        if self.number_reader is None:
+            raise ValueError("these heads read named values but their config has no number_tokens table "
+                             "(steerdeco.numbers.number_token_table of the base model's tokenizer)")
+        if input_ids is None or input_ids.shape != mask.shape:
+            got = None if input_ids is None else tuple(input_ids.shape)
+            raise ValueError(f"heads with named_values read the prompt's token ids: need input_ids {tuple(mask.shape)}, got {got}")
+        numbers = self.number_reader(input_ids, mask).to(pooled.device)
+        normed = self.prompt_pool.norm(states.to(pooled.dtype))
+        paths = self.named_paths
+        named = [part for quantity in ("temperature", "top_p") for part in paths[quantity](normed, mask, numbers, pooled)]
+        return torch.cat([pooled, torch.stack(named, dim=-1)], dim=-1)
+
+    def split_named(self, context: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(pooled [..., H], named [..., 4] or None)`` of a context from :meth:`pool_prompt`."""
+        if context is None or self.named_paths is None:
+            return context, None
+        return context[..., : self.config.hidden_size], context[..., self.config.hidden_size :]
 
     @torch.no_grad()
     def fit_context_normalization(self, contexts: torch.Tensor, min_scale: float = 1e-3) -> None:
@@ -289,7 +403,8 @@ class AutoDecoHeads(nn.Module):
         hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)  # _head_input casts the context to it
         if context is not None and self.standardize_context:
             context = (context.to(self.context_shift.dtype) - self.context_shift) / self.context_scale
-        temperature = self.temperature_head(hidden, context)
+        context, named = self.split_named(context)
+        temperature = self.temperature_head(hidden, context, named)
         features = None
         if self.top_p_head.use_features:
             if logits is None:
@@ -298,5 +413,5 @@ class AutoDecoHeads(nn.Module):
                 features = probability_features(
                     logits.float(), temperature.detach().float(), None if counts is None else counts.float()
                 ).to(hidden.dtype)
-        top_p = self.top_p_head(hidden, temperature.detach(), features, context)
+        top_p = self.top_p_head(hidden, temperature.detach(), features, context, named)
         return temperature, top_p

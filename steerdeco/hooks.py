@@ -85,6 +85,21 @@ def on_decoder_output(
         handle.remove()
 
 
+@contextlib.contextmanager
+def on_decoder_input_ids(model: nn.Module, callback: Callable[[torch.Tensor | None], None]) -> Iterator[None]:
+    """Call ``callback(input_ids [B, L] or None)`` before every decoder forward (None: it got embeddings instead)."""
+
+    def hook(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        callback(ids if isinstance(ids, torch.Tensor) else None)
+
+    handle = decoder(model).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def decoder_layer(model: nn.Module, number: int) -> nn.Module:
     """Decoder layer ``number`` (1 = the first) of the base model's decoder stack."""
     layers = getattr(decoder(model), "layers", None)

@@ -325,3 +325,76 @@ def test_prompt_attention_options_are_checked():
 
     with pytest.raises(ValueError, match="heads_context_pooling='prompt_attention' needs context_features=True"):
         SteeringConfig(output_dir="x", heads_context_features=False, heads_context_pooling="prompt_attention")
+
+
+def named_heads_model(base, tokenizer, gate_bias: float | None = None) -> AutoDecoModel:
+    """Heads that read named values on ``base``, their gates closed as fresh or the temperature gate's bias set to
+    ``gate_bias``."""
+    from steerdeco.numbers import number_token_table
+
+    config = HeadsConfig(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,
+                         context_pooling="prompt_attention", context_layer=1, named_values=True,
+                         number_tokens=number_token_table(tokenizer))
+    model = AutoDecoModel(base, config).eval()
+    if gate_bias is not None:
+        with torch.no_grad():
+            model.heads.named_paths["temperature"].gate[-1].bias.fill_(gate_bias)
+    return model
+
+
+def named_prompt(tokenizer, command: str):
+    return tokenizer.apply_chat_template([[{"role": "user", "content": command}]], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+
+
+def test_an_open_temperature_gate_decodes_at_the_named_value_and_a_closed_one_leaves_t_alone(tiny):
+    base, tokenizer = tiny
+    batch = named_prompt(tokenizer, "Use a temperature of 1.6.")
+    plain = AutoDecoModel(base, HeadsConfig(hidden_size=64, context_features=True, steering_width=8,
+                                            context_in_mlp=False, context_pooling="prompt_attention", context_layer=1))
+    closed = named_heads_model(base, tokenizer)
+    assert set(plain.heads.state_dict()) < set(closed.heads.state_dict())
+    closed.heads.load_state_dict(plain.heads.state_dict(), strict=False)  # the same heads, plus closed gates
+    torch.testing.assert_close(closed(**batch).temperature, plain.eval()(**batch).temperature, atol=2e-3, rtol=0)
+    opened = named_heads_model(base, tokenizer, gate_bias=30.0)
+    with torch.no_grad():
+        opened.heads.named_paths["temperature"].null_score.fill_(-30.0)  # the null slot (value 0) left out
+    torch.testing.assert_close(opened(**batch).top_p, closed(**batch).top_p, atol=2e-3, rtol=0)  # P's gate: closed
+    out = opened(**batch)
+    torch.testing.assert_close(out.temperature, torch.full_like(out.temperature, 1.6))
+    trace = opened.generate_with_trace(**batch, do_sample=True, max_new_tokens=4)  # generation reads the ids too
+    torch.testing.assert_close(torch.tensor(trace.rows()[0]["temperature"]), torch.full((4,), 1.6))
+
+
+def test_a_gate_open_on_no_number_asks_for_the_lowest_temperature(tiny):
+    base, tokenizer = tiny
+    from steerdeco.heads import NAMED_VALUE_RANGE
+
+    model = named_heads_model(base, tokenizer, gate_bias=30.0)
+    out = model(**named_prompt(tokenizer, "Answer with no randomness at all."))
+    torch.testing.assert_close(out.temperature, torch.full_like(out.temperature, NAMED_VALUE_RANGE["temperature"][0]))
+
+
+def test_named_value_heads_round_trip_with_their_number_table_and_refuse_missing_ids(tiny, tmp_path):
+    base, tokenizer = tiny
+    model = named_heads_model(base, tokenizer)
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    batch = named_prompt(tokenizer, "Set top-p to 0.3 please.")
+    model.save_pretrained(tmp_path / "heads")
+    loaded = AutoDecoModel.from_pretrained(tmp_path / "heads", base_model=base)
+    assert loaded.heads_config.number_tokens == model.heads_config.number_tokens
+    torch.testing.assert_close(loaded(**batch).top_p, model(**batch).top_p)
+    states = torch.randn(1, 5, 64)
+    with pytest.raises(ValueError, match="read the prompt's token ids"):
+        loaded.heads.pool_prompt(states, torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="named_values needs context_pooling='prompt_attention'"):
+        HeadsConfig(hidden_size=8, context_features=True, steering_width=4, named_values=True)
+    with pytest.raises(ValueError, match="number_tokens must map token ids"):
+        HeadsConfig(hidden_size=8, context_features=True, steering_width=4, context_pooling="prompt_attention",
+                    named_values=True, number_tokens={"x": "1"})
+    table_free = HeadsConfig(hidden_size=64, context_features=True, steering_width=4, context_in_mlp=False,
+                             context_pooling="prompt_attention", named_values=True)
+    with pytest.raises(ValueError, match="no number_tokens table"):
+        AutoDecoModel(base, table_free)(**batch)

@@ -13,26 +13,36 @@ from steerdeco.training.cache import CACHE_FILE, read_cache_metadata
 from steerdeco.training.collator import encode_groups
 from steerdeco.training.synthetic import synthetic_control_rows
 
-
 # -- backbone cache -------------------------------------------------------------------------------
-@pytest.mark.parametrize("heads", [{}, {"heads_steering_width": 8, "heads_context_pooling": "prompt_attention",
-                                          "heads_context_layer": 1}], ids=["running-mean", "prompt-attention"])
+POOLED = {"heads_steering_width": 8, "heads_context_pooling": "prompt_attention", "heads_context_layer": 1}
+
+
+@pytest.mark.parametrize("heads", [{}, POOLED, {**POOLED, "heads_named_values": True}],
+                         ids=["running-mean", "prompt-attention", "named-values"])
 def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, heads):
     cached = SteeringTrainer(args=config(tmp_path, **heads), train_dataset=train_rows)
     direct = SteeringTrainer(args=config(tmp_path, backbone_cache=False, **heads), train_dataset=train_rows)
     assert cached.backbone_cache is not None and direct.backbone_cache is None
+    if heads.get("heads_named_values"):  # trained-looking named-value paths: their attention reads the prompt's ids
+        with torch.no_grad():
+            for path in cached.autodeco_model.heads.named_paths.values():
+                for parameter in path.parameters():
+                    parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
     direct.autodeco_model.heads.load_state_dict(cached.autodeco_model.heads.state_dict())
     device = cached.autodeco_model.device
     for batch_cached, batch_direct in zip(cached.get_eval_dataloader(cached.train_dataset),
                                           direct.get_eval_dataloader(direct.train_dataset), strict=True):
         assert "hidden" in batch_cached and "input_ids" not in batch_cached
         with torch.no_grad():
-            out_cached = cached.model(**{k: v.to(device) for k, v in batch_cached.items() if k in ("response_mask", "hidden", "context", "slot_values", "slot_counts", "target_value", "target_slot", "prompt_states", "prompt_mask")})
+            out_cached = cached.model(**{k: v.to(device) for k, v in batch_cached.items() if k in ("response_mask", "hidden", "context", "slot_values", "slot_counts", "target_value", "target_slot", "prompt_states", "prompt_mask", "prompt_ids")})
             out_direct = direct.model(**{k: v.to(device) for k, v in batch_direct.items() if k in ("response_mask", "input_ids", "attention_mask", "response_positions", "response_targets")})
         # the cache pass pads other rows together than the collator: the same up to kernel rounding on a GPU
         close = dict(rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out_cached.temperature, out_direct.temperature, **close)
         torch.testing.assert_close(out_cached.top_p, out_direct.top_p, **close)
+        if heads.get("heads_named_values"):
+            torch.testing.assert_close(out_cached.named, out_direct.named, rtol=0, atol=1e-2)  # states stored in bf16
+            assert float(out_cached.named[:, 0].max()) > 0  # some prompt names a temperature and it is read
         # compressed logits: on a GPU a logit at a bin edge can land in the neighbouring bin
         slots = close if device.type == "cpu" else dict(rtol=1e-2, atol=1e-3)
         torch.testing.assert_close(out_cached.slots.values, out_direct.slots.values, **slots)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from training_setup import config
 
-from steerdeco.heads import MIN_TEMPERATURE
+from steerdeco.heads import MIN_TEMPERATURE, named_gates
 from steerdeco.ranking import pairwise_ranking_loss, sequence_means
 from steerdeco.rows import VARIANTS, select_split
 from steerdeco.training import SteeringTrainer, evaluate_ordering
@@ -219,3 +219,43 @@ def test_missing_anchor_heads_are_named_before_anything_runs(tmp_path, train_row
     with pytest.raises(ValueError, match=r"anchor_heads .*nowhere.*anchor_heads must be a folder written by"):
         SteeringTrainer(args=config(tmp_path, anchor_heads=str(tmp_path / "nowhere")), train_dataset=train_rows)
     assert not (tmp_path / "cache").exists()  # refused before the backbone cache
+
+
+def test_the_named_gate_term_opens_the_gate_of_what_each_row_names(tmp_path, train_rows):
+    args = config(tmp_path, per_device_train_batch_size=4, heads_context_features=True, heads_steering_width=8,
+                  heads_context_in_mlp=False, heads_context_pooling="prompt_attention", heads_context_layer=1,
+                  heads_named_values=True, heads_max_temperature=8.0)
+    trainer = SteeringTrainer(args=args, train_dataset=train_rows)
+    assert "named_gate_loss" in trainer.objective.weights
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    named = batch["variant"] == VARIANTS.index("named")  # "no randomness" names T = 0 by its level: no gate
+    names_t, names_p = named & ~batch["target_temperature"].isnan(), named & ~batch["target_top_p"].isnan()
+    assert names_t.any() and names_p.any() and (~named & ~batch["target_temperature"].isnan()).any()
+    objective = only("named_gate_loss", trainer.args)
+    optimizer = torch.optim.Adam(trainer.autodeco_model.heads.parameters(), lr=0.05)
+
+    def measure():
+        with torch.no_grad():
+            outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        t = sequence_means(outputs.temperature, batch["response_mask"].bool())
+        gates = named_gates(outputs.named)
+        return gates[:, 1], gates[:, 2], t
+
+    gate_t, gate_p, before_t = measure()
+    losses = []
+    for _ in range(30):
+        outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        loss, _ = objective(outputs, batch)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after_gate_t, after_gate_p, after_t = measure()
+    assert losses[-1] < 0.5 * losses[0]
+    assert float(after_gate_t[names_t].min()) > 0.5 and float(after_gate_t[~names_t].max()) < 0.5
+    assert float(after_gate_p[names_p].min()) > 0.5 and float(after_gate_p[~names_p].max()) < 0.5
+    assert float(gate_t.max()) < 0.01 and float(gate_p.max()) < 0.01  # fresh gates: closed
+    # with the gate open, a row naming a temperature decodes nearer it (the synthetic rows name 1.6)
+    targets = batch["target_temperature"][names_t].clamp_min(0.05)
+    error = lambda t: float((t[names_t].log() - targets.log()).abs().mean())  # noqa: E731
+    assert error(after_t) < 0.5 * error(before_t)

@@ -172,7 +172,8 @@ class SteeringCollator:
       position whose prediction scores response token ``j``: ``response_start - 1 + j``) and
       ``response_targets [R, N]`` (token ``j``);
     * with a cache: ``hidden``/``context [R, N, H]``, ``slot_values``/``slot_counts [R, N, M]``,
-      ``target_value``/``target_slot [R, N]``.
+      ``target_value``/``target_slot [R, N]``; with cached prompt states also ``prompt_states [R, P, H]``,
+      ``prompt_mask [R, P]`` and ``prompt_ids [R, P]`` (each row's tokens before its response).
     """
 
     def __init__(self, pad_token_id: int, split_names: Sequence[str], cache=None):
@@ -211,6 +212,11 @@ class SteeringCollator:
         }
         if self.cache is not None:
             batch.update(self.cache.gather(cache_rows, width))
+            if "prompt_states" in batch:  # the prompt's ids beside its cached states (heads that read named values)
+                prompt_ids = torch.full(batch["prompt_mask"].shape, self.pad_token_id, dtype=torch.long)
+                for i, (ids, start) in enumerate(rows):
+                    prompt_ids[i, :start] = torch.tensor(ids[:start])
+                batch["prompt_ids"] = prompt_ids
             return batch
         padded = pad_responses(rows, lengths, self.pad_token_id)
         batch.update({k: padded[k] for k in ("input_ids", "attention_mask", "response_positions", "response_targets")})

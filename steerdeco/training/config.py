@@ -44,6 +44,7 @@ HEADS_FIELDS = {
     "context_layer": "heads_context_layer",
     "pool_width": "heads_pool_width",
     "pool_dropout": "heads_pool_dropout",
+    "named_values": "heads_named_values",
 }
 
 
@@ -245,6 +246,7 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     heads_context_layer: int = _heads_field("context_layer")
     heads_pool_width: int = _heads_field("pool_width")
     heads_pool_dropout: float = _heads_field("pool_dropout")
+    heads_named_values: bool = _heads_field("named_values")
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )

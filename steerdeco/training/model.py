@@ -13,6 +13,7 @@ Shapes: ``R`` rows (variants), ``N`` response positions (padded), ``K`` real res
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 from ..loading import load_base_model
 from ..losses import LogitSlots
 from ..modeling import AutoDecoModel, base_hidden_size, read_heads
+from ..numbers import number_token_table
 from .backbone import backbone_outputs
 from .config import SteeringConfig
 from .lora import is_peft, prepare_backbone
@@ -69,15 +71,19 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
     base, tokenizer = load_base_model(args.model_name_or_path, args.backbone_torch_dtype)
     set_seed(args.seed)
     base = prepare_backbone(base, args)  # LoRA's initial weights draw from the seeded RNG before the heads'
-    model = AutoDecoModel(base, args.heads_config(base_hidden_size(base)), freeze_base=False)
+    config = args.heads_config(base_hidden_size(base))
+    if config.named_values:
+        config = dataclasses.replace(config, number_tokens=number_token_table(tokenizer))
+    model = AutoDecoModel(base, config, freeze_base=False)
     return prepare_model(model, args), tokenizer
 
 
 @dataclass
 class SteeringOutput:
     """Heads along the responses: ``temperature``/``top_p [R, N]`` (0 on padding), ``slots`` for the ``K``
-    masked positions (row-major), ``lm_loss`` (lora_joint) or None, and the anchor heads' ``[R, N]`` values
-    (without gradient) when the model has anchor heads."""
+    masked positions (row-major), ``lm_loss`` (lora_joint) or None, the anchor heads' ``[R, N]`` values
+    (without gradient) when the model has anchor heads, and for heads with ``named_values`` each row's
+    ``named [R, 4]`` (:data:`~steerdeco.heads.NAMED_SLOTS`: named values and gate logits)."""
 
     temperature: torch.Tensor
     top_p: torch.Tensor
@@ -85,6 +91,7 @@ class SteeringOutput:
     lm_loss: torch.Tensor | None = None
     anchor_temperature: torch.Tensor | None = None
     anchor_top_p: torch.Tensor | None = None
+    named: torch.Tensor | None = None
 
 
 MODEL_INPUTS = (
@@ -101,6 +108,7 @@ MODEL_INPUTS = (
     "target_slot",
     "prompt_states",
     "prompt_mask",
+    "prompt_ids",
 )
 
 
@@ -158,6 +166,7 @@ class SteeringModel(nn.Module):
         target_slot: torch.Tensor | None = None,
         prompt_states: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
+        prompt_ids: torch.Tensor | None = None,
     ) -> SteeringOutput:
         """Heads along the responses of one batch of ``R`` rows.
 
@@ -171,12 +180,14 @@ class SteeringModel(nn.Module):
                 target_slot: ``[R, N]`` (head-only).
             prompt_states, prompt_mask: ``[R, P, H]`` / ``[R, P]`` cached prompt states, for heads with
                 ``prompt_attention`` (head-only; a live backbone reads them itself).
+            prompt_ids: ``[R, P]`` the prompt's token ids beside the cached states, for heads with
+                ``named_values`` (head-only; a live backbone's come from ``input_ids``).
 
         Returns:
             A :class:`SteeringOutput`; ``lm_loss`` only for a live backbone with ``lm_loss=True``.
         """
         mask = response_mask.bool()
-        lm_loss = None
+        lm_loss = named = None
         pooling = self.autodeco.heads.prompt_pool is not None
         if hidden is not None:
             flat_hidden = hidden[mask]
@@ -202,12 +213,16 @@ class SteeringModel(nn.Module):
                 )
             flat_hidden, flat_context, slots, logits = out.hidden, out.context, out.slots, out.logits
             prompt_states, prompt_mask = out.prompt_states, out.prompt_mask
+            prompt_ids = None if prompt_mask is None else input_ids[:, : prompt_mask.shape[1]]
             if self.compute_lm_loss:
                 lm_loss = F.cross_entropy(logits.float(), response_targets[mask]) if logits.shape[0] else logits.sum() * 0
         rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # each position's row
         if pooling:  # one pooled prompt per row, given to each of its response positions
             prompt_states, prompt_mask = prompt_states.to(mask.device), prompt_mask.to(mask.device)
-            flat_context = self.autodeco.heads.pool_prompt(prompt_states, prompt_mask)[rows]
+            heads = self.autodeco.heads
+            pooled = heads.pool_prompt(prompt_states, prompt_mask, None if heads.named_paths is None else prompt_ids)
+            named = heads.split_named(pooled)[1]
+            flat_context = pooled[rows]
         temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context)
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
         anchor_t = anchor_p = None
@@ -222,6 +237,7 @@ class SteeringModel(nn.Module):
             lm_loss=lm_loss,
             anchor_temperature=anchor_t,
             anchor_top_p=anchor_p,
+            named=named,
         )
 
     @torch.no_grad()
@@ -229,7 +245,7 @@ class SteeringModel(nn.Module):
         """The anchor heads' T and P at the ``K`` positions (``rows``: each one's row), with their own prompt
         pooling when they have one (preflight makes it read the same prompt states as the trained heads)."""
         anchor = self.anchor.to(rows.device)
-        context = flat_context
+        context = self.autodeco.heads.split_named(flat_context)[0]
         if anchor.prompt_pool is not None:
             context = anchor.pool_prompt(prompt_states, prompt_mask)[rows]
         return anchor(flat_hidden.detach(), slots.values, slots.counts, context=context)

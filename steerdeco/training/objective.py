@@ -10,6 +10,8 @@ The objective is a weighted sum of named terms (:data:`LOSS_TERMS`, like trl's `
     + absolute_weight * absolute_T                  (rows naming a temperature X: log T toward log max(X, floor))
     + absolute_mean_weight * absolute_mean_T        (the same rows: log of the response-mean T toward it)
     + top_p_absolute_weight * absolute_P            (rows naming a top-p X: P toward X)
+    + named_gate_weight * named_gate                (heads with named_values: the gates' softmax says what
+                                                     each row names: nothing, a temperature or a top-p)
     + anchor_weight * anchor                        (with anchor_heads: rows without a command keep their T, P)
     + lm_loss_weight * lm (lora_joint only)
 
@@ -28,8 +30,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from ..heads import MIN_TEMPERATURE
+from ..heads import MIN_TEMPERATURE, named_gate_logits
 from ..losses import AutoDecoLossConfig, autodeco_losses
 from ..ranking import (
     REDUCTIONS,
@@ -55,6 +58,7 @@ LOSS_TERMS = (
     "absolute_temperature_loss",
     "absolute_mean_temperature_loss",
     "absolute_top_p_loss",
+    "named_gate_loss",
     "anchor_loss",
     "lm_loss",
 )
@@ -67,6 +71,7 @@ STEERING_WEIGHT_FIELDS = (
     "absolute_mean_weight",
     "temperature_ratio_weight",
     "top_p_absolute_weight",
+    "named_gate_weight",
 )
 WEIGHT_FIELDS = (
     "temperature_loss_weight",
@@ -178,6 +183,13 @@ class ObjectiveArguments:
     )
     top_p_absolute_weight: float = field(
         default=0.0, metadata={"help": "Weight of (P - target)^2 for commands naming a top-p value."}
+    )
+    named_gate_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Heads with named_values: weight of the cross-entropy of the named-value gates (one softmax over "
+            "'names nothing', 'names a temperature', 'names a top-p') against what each row names."
+        },
     )
 
     anchor_weight: float = field(
@@ -293,6 +305,8 @@ class SteeringObjective:
             "absolute_temperature_loss": args.absolute_weight if train_t else None,
             "absolute_mean_temperature_loss": args.absolute_mean_weight if train_t and args.absolute_mean_weight else None,
             "absolute_top_p_loss": args.top_p_absolute_weight if train_p and args.top_p_absolute_weight else None,
+            "named_gate_loss": args.named_gate_weight
+            if getattr(args, "heads_named_values", False) and args.named_gate_weight else None,
             "anchor_loss": args.anchor_weight if getattr(args, "anchor_heads", None) and args.anchor_weight else None,
             "lm_loss": args.lm_loss_weight if args.training_mode == "lora_joint" else None,
         }
@@ -327,6 +341,19 @@ class SteeringObjective:
         t_term = (log_t - anchor_log_t)[keep].square().mean()
         p_term = (torch.logit(outputs.top_p, eps=1e-4) - torch.logit(outputs.anchor_top_p, eps=1e-4))[keep].square().mean()
         return t_term + p_term
+
+    @staticmethod
+    def _named_gate(outputs, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the gates' softmax (:func:`~steerdeco.heads.named_gate_logits` of ``outputs.named``) against
+        what each row names: nothing, a temperature or a top-p value (a ``named`` row's finite ``target_*``). A
+        level's target ("no randomness": T = 0) is no named value: those rows keep the steering path."""
+        if outputs.named is None:
+            raise ValueError("the named_gate term needs heads with named_values (SteeringOutput.named is None)")
+        names = torch.zeros(outputs.named.shape[0], dtype=torch.long, device=outputs.named.device)
+        named = inputs["variant"] == VARIANTS.index("named")  # "no randomness" (T = 0 by level) stays with the steering path
+        names[named & torch.isfinite(inputs["target_top_p"])] = 2
+        names[named & torch.isfinite(inputs["target_temperature"])] = 1
+        return F.cross_entropy(named_gate_logits(outputs.named), names)
 
     def terms(self, outputs, inputs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Every active term, unweighted, for one batch.
@@ -380,6 +407,8 @@ class SteeringObjective:
                 mean_t.log(), mask.any(-1, keepdim=True), named_log_t, reduction="token")
         if "absolute_top_p_loss" in weights:
             terms["absolute_top_p_loss"] = absolute_target_loss(top_p, mask, inputs["target_top_p"], reduction=reduction)
+        if "named_gate_loss" in weights:
+            terms["named_gate_loss"] = self._named_gate(outputs, inputs)
         if "anchor_loss" in weights:
             terms["anchor_loss"] = self._anchor(outputs, mask, is_none | is_placebo, log_t)
         if "lm_loss" in weights:
