@@ -170,8 +170,13 @@ class PromptAttentionPool(nn.Module):
         nn.init.zeros_(self.score[-1].weight)
         nn.init.zeros_(self.score[-1].bias)
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        normed = self.dropout(self.norm(states.to(self.score[0].weight.dtype)))
+    def normalize(self, states: torch.Tensor) -> torch.Tensor:
+        """``LN(h)`` in the pool's dtype, before any dropout (what :class:`NamedValuePath` reads too)."""
+        return self.norm(states.to(self.score[0].weight.dtype))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, normed: torch.Tensor | None = None) -> torch.Tensor:
+        """``normed``: :meth:`normalize` of ``states`` when the caller has it already."""
+        normed = self.dropout(self.normalize(states) if normed is None else normed)
         keep = mask.bool()
         scores = self.score(normed).squeeze(-1).masked_fill(~keep, float("-inf"))
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an all-masked row: zeros
@@ -209,7 +214,9 @@ class NamedValuePath(nn.Module):
         weights = torch.softmax(torch.cat([null, scores], dim=-1), dim=-1)
         null_weight, weights = weights[:, :1], weights[:, 1:]
         value = (weights * numbers[..., 1]).sum(-1)
-        picked = torch.einsum("bp,bph->bh", weights, normed)
+        rows = written.nonzero()[:, 0]  # the picked number's state, summed over the few number positions
+        picked = normed.new_zeros(normed.shape[0], normed.shape[-1]).index_add(
+            0, rows, weights[written].unsqueeze(-1) * normed[written])
         return value, self.gate(torch.cat([pooled, picked, null_weight], dim=-1)).squeeze(-1)
 
 
@@ -252,6 +259,11 @@ class SteeringPath(nn.Module):
         return self.mlp(self.norm(context.to(self.mlp[0].weight.dtype))).squeeze(-1)
 
 
+def _per_token(values: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-reply ``values [R, ...]`` given to each token (``rows [K]``: each token's reply); as they are without rows."""
+    return values if values is None or rows is None else values[rows]
+
+
 def _steering_path(config: HeadsConfig) -> SteeringPath | None:
     if not config.steering_width:
         return None
@@ -273,11 +285,16 @@ class TemperatureHead(nn.Module):
         self.named = NamedValuePath(config.hidden_size, config.pool_width) if config.named_values else None
 
     def forward(
-        self, hidden: torch.Tensor, context: torch.Tensor | None = None, named: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        context: torch.Tensor | None = None,
+        named: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        logit = self.mlp(_head_input(hidden, context, self.use_context)).squeeze(-1)
+        logit = self.mlp(_head_input(hidden, _per_token(context, rows), self.use_context)).squeeze(-1)
         if self.steering is not None:
-            logit = logit + self.steering(context)
+            logit = logit + _per_token(self.steering(context), rows)
+        named = _per_token(named, rows)
         if named is None:
             return (self.max_temperature * torch.sigmoid(logit)).clamp_min(MIN_TEMPERATURE)
         log_t = math.log(self.max_temperature) + F.logsigmoid(logit)
@@ -306,16 +323,17 @@ class TopPHead(nn.Module):
         features: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         named: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        parts = [_head_input(hidden, context, self.use_context), temperature.detach().unsqueeze(-1)]
+        parts = [_head_input(hidden, _per_token(context, rows), self.use_context), temperature.detach().unsqueeze(-1)]
         if self.use_features:
             if features is None:
                 raise ValueError("this top-p head was configured with top_p_features=True but got no features")
             parts.append(features.detach())
         logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
         if self.steering is not None:
-            logit = logit + self.steering(context)
-        return torch.sigmoid(_toward_named(logit, named, "top_p", 1.0))
+            logit = logit + _per_token(self.steering(context), rows)
+        return torch.sigmoid(_toward_named(logit, _per_token(named, rows), "top_p", 1.0))
 
 
 class AutoDecoHeads(nn.Module):
@@ -361,7 +379,8 @@ class AutoDecoHeads(nn.Module):
         """
         if self.prompt_pool is None:
             raise ValueError("these heads do not pool the prompt (context_pooling is not 'prompt_attention')")
-        pooled = self.prompt_pool(states, mask)
+        normed = self.prompt_pool.normalize(states)
+        pooled = self.prompt_pool(states, mask, normed)
         if self.named_paths is None:
             return pooled
         if self.number_reader is None:
@@ -371,7 +390,6 @@ class AutoDecoHeads(nn.Module):
             got = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"heads with named_values read the prompt's token ids: need input_ids {tuple(mask.shape)}, got {got}")
         numbers = self.number_reader(input_ids, mask).to(pooled.device)
-        normed = self.prompt_pool.norm(states.to(pooled.dtype))
         paths = self.named_paths
         named = [part for quantity in ("temperature", "top_p") for part in paths[quantity](normed, mask, numbers, pooled)]
         return torch.cat([pooled, torch.stack(named, dim=-1)], dim=-1)
@@ -399,12 +417,16 @@ class AutoDecoHeads(nn.Module):
         logits: torch.Tensor | None,
         counts: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows [...]``: with a context of one vector per reply (``[R, C]``, :meth:`pool_prompt`), each
+        token's reply; the steering paths then run once per reply instead of once per token. None: the
+        context is per token (``[..., C]``)."""
         hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)  # _head_input casts the context to it
         if context is not None and self.standardize_context:
             context = (context.to(self.context_shift.dtype) - self.context_shift) / self.context_scale
         context, named = self.split_named(context)
-        temperature = self.temperature_head(hidden, context, named)
+        temperature = self.temperature_head(hidden, context, named, rows)
         features = None
         if self.top_p_head.use_features:
             if logits is None:
@@ -413,5 +435,5 @@ class AutoDecoHeads(nn.Module):
                 features = probability_features(
                     logits.float(), temperature.detach().float(), None if counts is None else counts.float()
                 ).to(hidden.dtype)
-        top_p = self.top_p_head(hidden, temperature.detach(), features, context, named)
+        top_p = self.top_p_head(hidden, temperature.detach(), features, context, named, rows)
         return temperature, top_p

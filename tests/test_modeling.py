@@ -398,3 +398,19 @@ def test_named_value_heads_round_trip_with_their_number_table_and_refuse_missing
                              context_pooling="prompt_attention", named_values=True)
     with pytest.raises(ValueError, match="no number_tokens table"):
         AutoDecoModel(base, table_free)(**batch)
+
+
+def test_a_context_per_reply_with_its_rows_gives_what_the_context_per_token_gives(tiny):
+    base, tokenizer = tiny
+    heads = named_heads_model(base, tokenizer).heads
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    ids = torch.tensor([tokenizer("Use a temperature of 1.6 here")["input_ids"], tokenizer("Set top-p to 0.3 now")["input_ids"]])
+    pooled = heads.pool_prompt(torch.randn(2, ids.shape[1], 64), torch.ones_like(ids, dtype=torch.bool), ids)
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    hidden, logits = torch.randn(5, 64), torch.randn(5, 20)
+    per_reply = heads(hidden, logits, context=pooled, rows=rows)
+    per_token = heads(hidden, logits, context=pooled[rows])
+    for a, b in zip(per_reply, per_token, strict=True):
+        torch.testing.assert_close(a, b)

@@ -222,12 +222,16 @@ class SteeringModel(nn.Module):
             heads = self.autodeco.heads
             pooled = heads.pool_prompt(prompt_states, prompt_mask, None if heads.named_paths is None else prompt_ids)
             named = heads.split_named(pooled)[1]
-            flat_context = pooled[rows]
-        temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context)
+            flat_context, context_rows = pooled, rows  # one context per row: the heads give it to its positions
+        else:
+            context_rows = None
+        temperature, top_p = self.autodeco.heads(flat_hidden, slots.values, slots.counts, context=flat_context,
+                                                 rows=context_rows)
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
         anchor_t = anchor_p = None
         if self.anchor is not None:
-            anchor_t, anchor_p = self._anchor_values(flat_hidden, slots, flat_context, prompt_states, prompt_mask, rows)
+            anchor_t, anchor_p = self._anchor_values(flat_hidden, slots, flat_context, context_rows, prompt_states,
+                                                     prompt_mask, rows)
             anchor_t = padded.masked_scatter(mask, anchor_t.to(padded.dtype))
             anchor_p = padded.masked_scatter(mask, anchor_p.to(padded.dtype))
         return SteeringOutput(
@@ -241,14 +245,15 @@ class SteeringModel(nn.Module):
         )
 
     @torch.no_grad()
-    def _anchor_values(self, flat_hidden, slots, flat_context, prompt_states, prompt_mask, rows):
+    def _anchor_values(self, flat_hidden, slots, context, context_rows, prompt_states, prompt_mask, rows):
         """The anchor heads' T and P at the ``K`` positions (``rows``: each one's row), with their own prompt
-        pooling when they have one (preflight makes it read the same prompt states as the trained heads)."""
+        pooling when they have one (preflight makes it read the same prompt states as the trained heads);
+        ``context``/``context_rows`` as the trained heads got them."""
         anchor = self.anchor.to(rows.device)
-        context = self.autodeco.heads.split_named(flat_context)[0]
+        context = self.autodeco.heads.split_named(context)[0]
         if anchor.prompt_pool is not None:
-            context = anchor.pool_prompt(prompt_states, prompt_mask)[rows]
-        return anchor(flat_hidden.detach(), slots.values, slots.counts, context=context)
+            context, context_rows = anchor.pool_prompt(prompt_states, prompt_mask), rows
+        return anchor(flat_hidden.detach(), slots.values, slots.counts, context=context, rows=context_rows)
 
     @torch.no_grad()
     def base_lm_loss(self, input_ids, attention_mask, response_positions, response_targets, response_mask) -> torch.Tensor:
