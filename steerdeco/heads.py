@@ -55,6 +55,7 @@ NAMED_SLOTS = ("temperature_value", "temperature_gate", "top_p_value", "top_p_ga
 #: temperature below 0.05 reads as 0.05, the objective's absolute_temperature_floor (decoding takes it as greedy).
 NAMED_VALUE_RANGE = {"temperature": (0.05, None), "top_p": (0.01, 0.99)}
 CLOSED_GATE_BIAS = -8.0  # a fresh gate's logit: sigmoid of it is 3e-4
+NO_NUMBER_GATE = -30.0  # the gate's logit on a prompt that writes no number
 
 
 def probability_features(
@@ -188,11 +189,11 @@ class NamedValuePath(nn.Module):
 
     ``(normed states [B, P, H], mask [B, P], numbers [B, P, NUMBER_FEATURES], pooled [B, H]) -> (value [B],
     gate logit [B])``: an attention over the positions that write a number (scored from their normalised
-    state and number features) and one *null* slot of value 0 (where attention goes when no written
-    number is the named one) picks the named value. The gate, an MLP
-    on the reply's pooled context, the picked number's state and the null slot's weight, says whether
-    the prompt names a value for this quantity at all. The gate's last layer starts at zero weight and
-    ``CLOSED_GATE_BIAS``: fresh paths leave the heads as they would be without them.
+    state and number features) picks the named number, ``value`` is its value; the gate, an MLP on the
+    reply's pooled context and the picked number's state, says whether the prompt names a value for
+    this quantity. A prompt that writes no number names none: its gate logit is ``NO_NUMBER_GATE``. The
+    gate's last layer starts at zero weight and ``CLOSED_GATE_BIAS``: fresh paths leave the heads as they
+    would be without them.
     """
 
     def __init__(self, hidden_size: int, width: int):
@@ -200,8 +201,7 @@ class NamedValuePath(nn.Module):
         self.score = nn.Sequential(nn.Linear(hidden_size + NUMBER_FEATURES, width), nn.GELU(), nn.Linear(width, 1))
         nn.init.zeros_(self.score[-1].weight)
         nn.init.zeros_(self.score[-1].bias)
-        self.null_score = nn.Parameter(torch.zeros(1))
-        self.gate = nn.Sequential(nn.Linear(2 * hidden_size + 1, width), nn.GELU(), nn.Linear(width, 1))
+        self.gate = nn.Sequential(nn.Linear(2 * hidden_size, width), nn.GELU(), nn.Linear(width, 1))
         nn.init.zeros_(self.gate[-1].weight)
         nn.init.constant_(self.gate[-1].bias, CLOSED_GATE_BIAS)
 
@@ -210,14 +210,13 @@ class NamedValuePath(nn.Module):
         written = mask.bool() & (numbers[..., 0] > 0)
         scores = normed.new_full(written.shape, float("-inf"))  # scored at the few positions that write a number
         scores[written] = self.score(torch.cat([normed[written], numbers[written]], dim=-1)).squeeze(-1)
-        null = self.null_score.to(scores.dtype).expand(scores.shape[0], 1)
-        weights = torch.softmax(torch.cat([null, scores], dim=-1), dim=-1)
-        null_weight, weights = weights[:, :1], weights[:, 1:]
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a prompt without a number: zeros
         value = (weights * numbers[..., 1]).sum(-1)
         rows = written.nonzero()[:, 0]  # the picked number's state, summed over the few number positions
         picked = normed.new_zeros(normed.shape[0], normed.shape[-1]).index_add(
             0, rows, weights[written].unsqueeze(-1) * normed[written])
-        return value, self.gate(torch.cat([pooled, picked, null_weight], dim=-1)).squeeze(-1)
+        gate = self.gate(torch.cat([pooled, picked], dim=-1)).squeeze(-1)
+        return value, gate.masked_fill(~written.any(-1), NO_NUMBER_GATE)
 
 
 def named_gate_logits(named: torch.Tensor) -> torch.Tensor:

@@ -357,8 +357,6 @@ def test_an_open_temperature_gate_decodes_at_the_named_value_and_a_closed_one_le
     closed.heads.load_state_dict(plain.heads.state_dict(), strict=False)  # the same heads, plus closed gates
     torch.testing.assert_close(closed(**batch).temperature, plain.eval()(**batch).temperature, atol=2e-3, rtol=0)
     opened = named_heads_model(base, tokenizer, gate_bias=30.0)
-    with torch.no_grad():
-        opened.heads.named_paths["temperature"].null_score.fill_(-30.0)  # the null slot (value 0) left out
     torch.testing.assert_close(opened(**batch).top_p, closed(**batch).top_p, atol=2e-3, rtol=0)  # P's gate: closed
     out = opened(**batch)
     torch.testing.assert_close(out.temperature, torch.full_like(out.temperature, 1.6))
@@ -366,13 +364,17 @@ def test_an_open_temperature_gate_decodes_at_the_named_value_and_a_closed_one_le
     torch.testing.assert_close(torch.tensor(trace.rows()[0]["temperature"]), torch.full((4,), 1.6))
 
 
-def test_a_gate_open_on_no_number_asks_for_the_lowest_temperature(tiny):
+def test_a_prompt_without_a_number_names_no_value_whatever_the_gate(tiny):
     base, tokenizer = tiny
-    from steerdeco.heads import NAMED_VALUE_RANGE
-
-    model = named_heads_model(base, tokenizer, gate_bias=30.0)
-    out = model(**named_prompt(tokenizer, "Answer with no randomness at all."))
-    torch.testing.assert_close(out.temperature, torch.full_like(out.temperature, NAMED_VALUE_RANGE["temperature"][0]))
+    opened = named_heads_model(base, tokenizer, gate_bias=30.0)
+    closed = named_heads_model(base, tokenizer)
+    closed.heads.load_state_dict(opened.heads.state_dict())
+    with torch.no_grad():
+        closed.heads.named_paths["temperature"].gate[-1].bias.fill_(-30.0)
+    batch = named_prompt(tokenizer, "Answer with no randomness at all.")
+    torch.testing.assert_close(opened(**batch).temperature, closed(**batch).temperature)
+    numbered = named_prompt(tokenizer, "Answer with temperature 0.5.")
+    assert not torch.allclose(opened(**numbered).temperature, closed(**numbered).temperature)
 
 
 def test_named_value_heads_round_trip_with_their_number_table_and_refuse_missing_ids(tiny, tmp_path):
