@@ -212,10 +212,8 @@ def cached_teacher_forced_parameters(
         context = torch.cat([p[1] for p in pieces]).to(device) if use_context else None
         if pooling:  # each row's pooled prompt, repeated along its response
             prompts = [source.prompts([row]) for source, row in chunk]
-            ids = [None] * len(chunk)
-            if heads.named_paths is not None:  # heads that read named values read the prompt's token ids too
-                ids = [torch.tensor([e["input_ids"][: e["response_start"]]], device=device)
-                       for e in examples[start : start + len(chunk)]]
+            ids = [torch.tensor([e["input_ids"][: e["response_start"]]], device=device)  # read by named_values heads
+                   for e in examples[start : start + len(chunk)]]
             with torch.no_grad():
                 pooled = torch.cat([heads.pool_prompt(st.to(device), m.to(device), i)
                                     for (st, m), i in zip(prompts, ids, strict=True)])

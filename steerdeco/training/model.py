@@ -220,7 +220,7 @@ class SteeringModel(nn.Module):
         if pooling:  # one pooled prompt per row, given to each of its response positions
             prompt_states, prompt_mask = prompt_states.to(mask.device), prompt_mask.to(mask.device)
             heads = self.autodeco.heads
-            pooled = heads.pool_prompt(prompt_states, prompt_mask, None if heads.named_paths is None else prompt_ids)
+            pooled = heads.pool_prompt(prompt_states, prompt_mask, prompt_ids)
             named = heads.split_named(pooled)[1]
             flat_context, context_rows = pooled, rows  # one context per row: the heads give it to its positions
         else:
