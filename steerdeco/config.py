@@ -54,6 +54,15 @@ class HeadsConfig:
         default=False,
         metadata={"help": "Make the steering path one linear map of the normalised context instead of an MLP."},
     )
+    steering_levels: int = field(
+        default=0,
+        metadata={
+            "help": "With a steering path on a pooled prompt: N > 0 makes it read a command as one of 2N + 1 levels "
+            "(low N..1, none, high 1..N): its MLP gives per level a logit and an offset, and the added logit is "
+            "the softmax-weighted offset (the objective's steering_level term trains the logits to name each "
+            "row's level). 0: the MLP gives the offset itself."
+        },
+    )
     context_in_mlp: bool = field(
         default=True,
         metadata={
@@ -129,6 +138,11 @@ class HeadsConfig:
             raise ValueError("context_in_mlp=False needs a steering path (steering_width > 0) to read the context")
         if self.steering_width and not self.context_features:
             raise ValueError("steering_width > 0 needs context_features=True: the steering path reads the context")
+        levels = self.steering_levels
+        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 0:
+            raise ValueError(f"steering_levels must be an integer >= 0, got {levels!r}")
+        if levels and (not self.steering_width or self.context_pooling != "prompt_attention"):
+            raise ValueError("steering_levels > 0 needs a steering path (steering_width > 0) on context_pooling='prompt_attention'")
         if self.context_pooling not in CONTEXT_POOLINGS:
             raise ValueError(f"context_pooling must be one of {', '.join(CONTEXT_POOLINGS)}, got {self.context_pooling!r}")
         if self.context_pooling == "prompt_attention" and not self.context_features:

@@ -20,7 +20,12 @@ while the pooling learns to look at it.
 With ``steering_width`` each head also has a *steering path*: an MLP on the layer-normalised context
 alone, added to the head's logit. A command then shifts the logit of every token of the reply by the
 same amount: for T well below ``max_temperature`` (``sigmoid(z) ~ exp(z)``) that is a multiplier of
-the per-token T the AutoDeco path picks, for P a shift in log-odds.
+the per-token T the AutoDeco path picks, for P a shift in log-odds. With ``steering_levels`` the path
+reads the command as one of a few levels (low 3..1, none, high 1..3): its MLP gives per level a logit
+and an offset, and the path adds the softmax-weighted offset. The objective's ``steering_level`` term
+trains the logits to name each row's level, so a new wording is classified rather than regressed: read
+as "very low" with some doubt it still gets most of that level's offset, where an offset regressed
+directly comes out near the mean of the levels it might be.
 
 With ``named_values`` each head also reads the value a command names ("temperature 0.3", "top-p 90%"):
 the prompt's written numbers come in as token features (:mod:`steerdeco.numbers`), and per head a
@@ -244,18 +249,36 @@ def _toward_named(value: torch.Tensor, named: torch.Tensor | None, quantity: str
 
 
 class SteeringPath(nn.Module):
-    """``MLP(LayerNorm(context))``: a logit offset from the context alone; ``[..., H] -> [...]``, zero at init."""
+    """``MLP(LayerNorm(context))``: a logit offset from the context alone; ``[..., H] -> [...]``, zero at init.
 
-    def __init__(self, hidden_size: int, width: int, linear: bool = False):
+    With ``levels`` N > 0 the MLP gives, per level (low N..1, none, high 1..N), a logit (:meth:`level_logits`)
+    and an offset; the path's offset is the softmax-weighted mean of the ``2N + 1`` offsets."""
+
+    def __init__(self, hidden_size: int, width: int, linear: bool = False, levels: int = 0):
         super().__init__()
+        self.levels = 2 * levels + 1 if levels else 0
+        outputs = 2 * self.levels if levels else 1
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
-        layers = [nn.Linear(hidden_size, 1)] if linear else [nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1)]
+        layers = [nn.Linear(hidden_size, outputs)] if linear else [nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, outputs)]
         self.mlp = nn.Sequential(*layers)
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
+    def _outputs(self, context: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(context.to(self.mlp[0].weight.dtype)))
+
+    def level_logits(self, context: torch.Tensor) -> torch.Tensor:
+        """``[..., 2N + 1]`` the level logits of a path with ``levels``."""
+        if not self.levels:
+            raise ValueError("this steering path reads no levels (steering_levels=0)")
+        return self._outputs(context)[..., : self.levels]
+
     def forward(self, context: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(context.to(self.mlp[0].weight.dtype))).squeeze(-1)
+        out = self._outputs(context)
+        if not self.levels:
+            return out.squeeze(-1)
+        logits, offsets = out.split(self.levels, dim=-1)
+        return (logits.softmax(-1) * offsets).sum(-1)
 
 
 def _per_token(values: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
@@ -266,7 +289,7 @@ def _per_token(values: torch.Tensor | None, rows: torch.Tensor | None) -> torch.
 def _steering_path(config: HeadsConfig) -> SteeringPath | None:
     if not config.steering_width:
         return None
-    return SteeringPath(config.hidden_size, config.steering_width, linear=config.steering_linear)
+    return SteeringPath(config.hidden_size, config.steering_width, linear=config.steering_linear, levels=config.steering_levels)
 
 
 class TemperatureHead(nn.Module):
@@ -398,6 +421,15 @@ class AutoDecoHeads(nn.Module):
         if context is None or self.named_paths is None:
             return context, None
         return context[..., : self.config.hidden_size], context[..., self.config.hidden_size :]
+
+    def level_logits(self, context: torch.Tensor) -> torch.Tensor:
+        """``[R, 2, 2N + 1]`` each reply's level logits of the temperature and the top-p steering path, from
+        the pooled context ``[R, C]`` of :meth:`pool_prompt` (heads with ``steering_levels`` N > 0)."""
+        if not self.config.steering_levels:
+            raise ValueError("level_logits needs heads with steering_levels > 0")
+        context = self.split_named(context)[0]
+        return torch.stack([self.temperature_head.steering.level_logits(context),
+                            self.top_p_head.steering.level_logits(context)], dim=-2)
 
     @torch.no_grad()
     def fit_context_normalization(self, contexts: torch.Tensor, min_scale: float = 1e-3) -> None:

@@ -416,3 +416,33 @@ def test_a_context_per_reply_with_its_rows_gives_what_the_context_per_token_give
     per_token = heads(hidden, logits, context=pooled[rows])
     for a, b in zip(per_reply, per_token, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_level_steering_paths_start_as_plain_autodeco_mix_their_levels_offsets_and_round_trip(tiny, chat_batch, tmp_path):
+    base, _ = tiny
+    options = dict(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,
+                   context_pooling="prompt_attention", context_layer=1)
+    plain = AutoDecoModel(base, HeadsConfig(**options))
+    model = AutoDecoModel(base, HeadsConfig(**options, steering_levels=3))
+    torch.testing.assert_close(model(**chat_batch).temperature, plain(**chat_batch).temperature)  # zero at init
+    path = model.heads.temperature_head.steering
+    context = torch.randn(5, 64)
+    with torch.no_grad():
+        path.mlp[-1].weight.normal_(0, 0.3)
+        path.mlp[-1].bias.normal_(0, 0.3)
+        outputs = path.mlp(path.norm(context))
+    logits, offsets = outputs[:, :7], outputs[:, 7:]
+    torch.testing.assert_close(path.level_logits(context), logits)
+    torch.testing.assert_close(path(context), (logits.softmax(-1) * offsets).sum(-1))
+    assert model.heads.level_logits(torch.randn(5, 64)).shape == (5, 2, 7)
+    steered = model(**chat_batch)
+    model.save_pretrained(tmp_path / "heads")
+    loaded = AutoDecoModel.from_pretrained(tmp_path / "heads", base_model=base)
+    assert loaded.heads.config.steering_levels == 3
+    torch.testing.assert_close(loaded(**chat_batch).temperature, steered.temperature)
+    with pytest.raises(ValueError, match="steering_levels > 0 needs a steering path"):
+        HeadsConfig(hidden_size=8, context_features=True, steering_width=4, steering_levels=3)  # a running mean
+    with pytest.raises(ValueError, match="steering_levels must be an integer >= 0"):
+        HeadsConfig(**options, steering_levels=-1)
+    with pytest.raises(ValueError, match="level_logits needs heads with steering_levels"):
+        plain.heads.level_logits(torch.randn(2, 64))

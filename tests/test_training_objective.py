@@ -259,3 +259,55 @@ def test_the_named_gate_term_opens_the_gate_of_what_each_row_names(tmp_path, tra
     targets = batch["target_temperature"][names_t].clamp_min(0.05)
     error = lambda t: float((t[names_t].log() - targets.log()).abs().mean())  # noqa: E731
     assert error(after_t) < 0.5 * error(before_t)
+
+
+def test_the_steering_level_term_teaches_each_path_the_level_and_the_ranking_term_its_offset(tmp_path, train_rows):
+    args = config(tmp_path, per_device_train_batch_size=4, heads_context_features=True, heads_steering_width=8,
+                  heads_context_in_mlp=False, heads_context_pooling="prompt_attention", heads_context_layer=1,
+                  heads_steering_levels=3, heads_max_temperature=8.0, temperature_ratio_weight=1.0)
+    trainer = SteeringTrainer(args=args, train_dataset=train_rows)
+    assert "steering_level_loss" in trainer.objective.weights
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    levels, variant = batch["signed_level"], batch["variant"]
+    placebo = variant == VARIANTS.index("placebo")
+    expected = levels.nan_to_num(0.0).long() + 3  # placebo and named rows: "none"
+    assert len(set(expected.tolist())) >= 3  # low, none and high rows in the batch
+    before_t, _ = row_means(trainer, batch)
+    objective = SteeringObjective.from_config(args)
+    objective.weights = {"steering_level_loss": 1.0, "ranking_temperature_loss": 1.0}
+    optimizer = torch.optim.Adam(trainer.autodeco_model.heads.parameters(), lr=0.01)
+    losses = []
+    for _ in range(150):
+        outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        loss, terms = objective(outputs, batch)
+        losses.append(terms["steering_level_loss"].item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        outputs = trainer.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    assert losses[-1] < 0.2 * losses[0]
+    picked = outputs.level_logits.argmax(-1)  # [rows, 2]: both paths read the row's level
+    assert bool((picked == expected.unsqueeze(-1)).all())
+    assert torch.allclose(before_t, before_t[0])  # fresh paths: every offset 0, one T for all rows
+    heads = trainer.autodeco_model.heads
+    with torch.no_grad():  # the offset the temperature path adds to each row's logit (log T for T << max)
+        pooled = heads.pool_prompt(batch["prompt_states"], batch["prompt_mask"], batch.get("prompt_ids"))
+        offset = heads.temperature_head.steering(heads.split_named(pooled)[0])
+    none = {int(g): offset[r] for r, g in enumerate(batch["groups"]) if float(levels[r]) == 0 and not placebo[r]}
+    for r, g in enumerate(batch["groups"]):
+        if not torch.isnan(levels[r]) and float(levels[r]) != 0:
+            assert (offset[r] - none[int(g)]) * levels[r] > 0  # the commanded way
+
+
+def test_the_steering_level_term_reads_placebo_and_named_rows_as_no_level_and_caps_the_level():
+    logits = torch.zeros(4, 2, 7)
+    logits[..., 6] = 5.0  # every path says "high 3"
+    inputs = {"signed_level": torch.tensor([3.0, float("nan"), float("nan"), 5.0]),
+              "variant": torch.tensor([VARIANTS.index(v) for v in ("high", "placebo", "named", "high")])}
+    outputs = type("Out", (), {"level_logits": logits})()
+    loss = SteeringObjective._steering_level(outputs, inputs)
+    high3 = torch.nn.functional.cross_entropy(logits[0], torch.tensor([6, 6]))
+    none = torch.nn.functional.cross_entropy(logits[1], torch.tensor([3, 3]))
+    # rows 0 and 3 (high 5 capped at 3) are "high 3"; the placebo and the named row "none"
+    torch.testing.assert_close(loss, (2 * high3 + 2 * none) / 4)

@@ -39,6 +39,7 @@ HEADS_FIELDS = {
     "context_features": "heads_context_features",
     "steering_width": "heads_steering_width",
     "steering_linear": "heads_steering_linear",
+    "steering_levels": "heads_steering_levels",
     "context_in_mlp": "heads_context_in_mlp",
     "context_pooling": "heads_context_pooling",
     "context_layer": "heads_context_layer",
@@ -241,6 +242,7 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     heads_context_features: bool = _heads_field("context_features")
     heads_steering_width: int = _heads_field("steering_width")
     heads_steering_linear: bool = _heads_field("steering_linear")
+    heads_steering_levels: int = _heads_field("steering_levels")
     heads_context_in_mlp: bool = _heads_field("context_in_mlp")
     heads_context_pooling: str = _heads_field("context_pooling")
     heads_context_layer: int = _heads_field("context_layer")

@@ -83,7 +83,8 @@ class SteeringOutput:
     """Heads along the responses: ``temperature``/``top_p [R, N]`` (0 on padding), ``slots`` for the ``K``
     masked positions (row-major), ``lm_loss`` (lora_joint) or None, the anchor heads' ``[R, N]`` values
     (without gradient) when the model has anchor heads, and for heads with ``named_values`` each row's
-    ``named [R, 4]`` (:data:`~steerdeco.heads.NAMED_SLOTS`: named values and gate logits)."""
+    ``named [R, 4]`` (:data:`~steerdeco.heads.NAMED_SLOTS`: named values and gate logits), for heads with
+    ``steering_levels`` N each row's ``level_logits [R, 2, 2N + 1]`` (temperature and top-p steering paths)."""
 
     temperature: torch.Tensor
     top_p: torch.Tensor
@@ -92,6 +93,7 @@ class SteeringOutput:
     anchor_temperature: torch.Tensor | None = None
     anchor_top_p: torch.Tensor | None = None
     named: torch.Tensor | None = None
+    level_logits: torch.Tensor | None = None
 
 
 MODEL_INPUTS = (
@@ -187,7 +189,7 @@ class SteeringModel(nn.Module):
             A :class:`SteeringOutput`; ``lm_loss`` only for a live backbone with ``lm_loss=True``.
         """
         mask = response_mask.bool()
-        lm_loss = named = None
+        lm_loss = named = levels = None
         pooling = self.autodeco.heads.prompt_pool is not None
         if hidden is not None:
             flat_hidden = hidden[mask]
@@ -222,6 +224,7 @@ class SteeringModel(nn.Module):
             heads = self.autodeco.heads
             pooled = heads.pool_prompt(prompt_states, prompt_mask, prompt_ids)
             named = heads.split_named(pooled)[1]
+            levels = heads.level_logits(pooled) if heads.config.steering_levels else None
             flat_context, context_rows = pooled, rows  # one context per row: the heads give it to its positions
         else:
             context_rows = None
@@ -242,6 +245,7 @@ class SteeringModel(nn.Module):
             anchor_temperature=anchor_t,
             anchor_top_p=anchor_p,
             named=named,
+            level_logits=levels,
         )
 
     @torch.no_grad()

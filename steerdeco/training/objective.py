@@ -12,6 +12,9 @@ The objective is a weighted sum of named terms (:data:`LOSS_TERMS`, like trl's `
     + top_p_absolute_weight * absolute_P            (rows naming a top-p X: P toward X)
     + named_gate_weight * named_gate                (heads with named_values: the gates' softmax says what
                                                      each row names: nothing, a temperature or a top-p)
+    + steering_level_weight * steering_level        (heads with steering_levels: each steering path's level
+                                                     logits say the row's level: low 3..1, none, high 1..3;
+                                                     a command naming a value is 'none')
     + anchor_weight * anchor                        (with anchor_heads: rows without a command keep their T, P)
     + lm_loss_weight * lm (lora_joint only)
 
@@ -59,6 +62,7 @@ LOSS_TERMS = (
     "absolute_mean_temperature_loss",
     "absolute_top_p_loss",
     "named_gate_loss",
+    "steering_level_loss",
     "anchor_loss",
     "lm_loss",
 )
@@ -72,6 +76,7 @@ STEERING_WEIGHT_FIELDS = (
     "temperature_ratio_weight",
     "top_p_absolute_weight",
     "named_gate_weight",
+    "steering_level_weight",
 )
 WEIGHT_FIELDS = (
     "temperature_loss_weight",
@@ -191,6 +196,13 @@ class ObjectiveArguments:
             "'names nothing', 'names a temperature', 'names a top-p') against what each row names."
         },
     )
+    steering_level_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Heads with steering_levels: weight of the cross-entropy of each steering path's level logits "
+            "against the row's level (low k, high k, or 'none': no command, a placebo or a command naming a value)."
+        },
+    )
 
     anchor_weight: float = field(
         default=1.0,
@@ -307,6 +319,8 @@ class SteeringObjective:
             "absolute_top_p_loss": args.top_p_absolute_weight if train_p and args.top_p_absolute_weight else None,
             "named_gate_loss": args.named_gate_weight
             if getattr(args, "heads_named_values", False) and args.named_gate_weight else None,
+            "steering_level_loss": args.steering_level_weight
+            if getattr(args, "heads_steering_levels", 0) and args.steering_level_weight else None,
             "anchor_loss": args.anchor_weight if getattr(args, "anchor_heads", None) and args.anchor_weight else None,
             "lm_loss": args.lm_loss_weight if args.training_mode == "lora_joint" else None,
         }
@@ -354,6 +368,18 @@ class SteeringObjective:
         names[named & torch.isfinite(inputs["target_top_p"])] = 2
         names[named & torch.isfinite(inputs["target_temperature"])] = 1
         return F.cross_entropy(named_gate_logits(outputs.named), names)
+
+    @staticmethod
+    def _steering_level(outputs, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of each steering path's level logits (``outputs.level_logits [R, 2, 2N + 1]``) against the
+        row's level: low k -> ``N - k``, high k -> ``N + k`` (k capped at N), every other row -> ``N`` ("none"):
+        no command, a placebo, and a command naming a value, which the named-value path reads instead."""
+        if outputs.level_logits is None:
+            raise ValueError("the steering_level term needs heads with steering_levels (SteeringOutput.level_logits is None)")
+        logits = outputs.level_logits.float()
+        top = (logits.shape[-1] - 1) // 2
+        classes = (inputs["signed_level"].nan_to_num(0.0).clamp(-top, top) + top).long()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), classes.repeat_interleave(logits.shape[1]))
 
     def terms(self, outputs, inputs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Every active term, unweighted, for one batch.
@@ -409,6 +435,8 @@ class SteeringObjective:
             terms["absolute_top_p_loss"] = absolute_target_loss(top_p, mask, inputs["target_top_p"], reduction=reduction)
         if "named_gate_loss" in weights:
             terms["named_gate_loss"] = self._named_gate(outputs, inputs)
+        if "steering_level_loss" in weights:
+            terms["steering_level_loss"] = self._steering_level(outputs, inputs)
         if "anchor_loss" in weights:
             terms["anchor_loss"] = self._anchor(outputs, mask, is_none | is_placebo, log_t)
         if "lm_loss" in weights:
