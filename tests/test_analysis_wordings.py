@@ -142,3 +142,18 @@ def test_main_scores_every_wording_and_heads_at_the_temperature_floor_obey_only_
         main([*common, "--wordings", str(path), "--max-prompts", "0"])
     with pytest.raises(SystemExit, match="--data: control data .*missing.* does not exist"):
         main(["--heads", str(folders / "cold"), "--data", str(tmp_path / "missing"), "--wordings", str(path)])
+
+
+@pytest.mark.parametrize("name", ["wordings_example.yaml", "wordings_second.yaml"])
+def test_the_shipped_wordings_files_read_cleanly_and_none_of_their_relative_wordings_is_in_the_library(name):
+    from pathlib import Path
+
+    from steerdeco.control.commands import load_commands
+    from steerdeco.control.phrasings import load_grammar
+
+    wordings = read_wordings(Path(__file__).parent.parent / "control_data" / name)
+    library = {c.text.strip().lower() for c in load_commands().commands} | {
+        c.text.strip().lower() for c in load_grammar().commands()}
+    relative = [e["command"] for kind in ("low", "high", "no_randomness") for e in wordings.get(kind, [])]
+    assert len(relative) >= 25 and all(isinstance(e["value"], float) for e in wordings["named_temperature"])
+    assert not [w for w in relative if w.strip().lower() in library]
