@@ -9,12 +9,18 @@ ratio each row's command asks for (low/high level k: ``log(ratios[k-1])``, the t
 default ratios; no command and placebo: 0; a named temperature X: ``log(max(X, 0.05))``, i.e. in
 units of a no-command T of 1). One forward of the prompts, then seconds per fit.
 
+With ``--readout levels`` the readout is the heads' level reading instead (``heads_steering_levels``): an
+MLP to one logit per level (low 3..1, none, high 1..3; no command, placebo and named rows are "none"),
+fitted by cross-entropy, whose prediction is the probability-weighted log ratio of the levels; it
+reads no named value, so its named measure is left out.
+
 Measures per command split of the eval prompts (:func:`probe_measures`): single-command consistency
 (a relative command row's prediction moves the commanded way against its prompt's no-command row),
 full ordering (mean of low rows < no command < mean of high rows), the median level-3 ratios, and
 the share of named temperatures on target (|exp(prediction) - X| <= max(0.1, 0.25 X)).
 
     python -m analysis.probe --data outputs/control_data --layers 14 20 --seeds 0 1 2
+    python -m analysis.probe --data outputs/control_data --readout levels
 
 Shapes: ``R`` rows, ``L`` the longest prompt in tokens, ``H`` the hidden size.
 """
@@ -62,6 +68,27 @@ def probe_targets(rows: Sequence[Mapping], low_ratios=None, high_ratios=None) ->
     return out
 
 
+def probe_levels(rows: Sequence[Mapping], levels: int) -> np.ndarray:
+    """``[R]`` each row's level class for a readout of ``2 * levels + 1`` classes: low k -> ``levels - k``, high k ->
+    ``levels + k`` (k capped at ``levels``), every other row (no command, placebo, a named value) -> ``levels``."""
+    out = np.full(len(rows), levels, dtype=np.int64)
+    for i, row in enumerate(rows):
+        if row["variant"] in ("low", "high"):
+            k = min(int(row.get("level") or 0), levels)
+            out[i] = levels - k if row["variant"] == "low" else levels + k
+    return out
+
+
+def level_values(low_ratios=None, high_ratios=None) -> np.ndarray:
+    """``[2N + 1]`` the log T ratio of each level class (low N..1, none, high 1..N; the objective's default ratios
+    unless given)."""
+    if low_ratios is None or high_ratios is None:
+        low_ratios, high_ratios = default_ratios()
+    if len(low_ratios) != len(high_ratios):
+        raise ValueError("a level readout needs as many low as high ratios")
+    return np.log([*reversed(low_ratios), 1.0, *high_ratios])
+
+
 def prompt_states(model, tokenizer, rows: Sequence[Mapping], layer: int, batch_size: int = 32, progress: bool = True):
     """``(states [R, L, H], lengths [R])``: each row's prompt (chat template, generation prompt) through
     ``model``, the output of decoder layer ``layer`` (1-based), right-padded, in the model's dtype."""
@@ -95,35 +122,54 @@ def prompt_states(model, tokenizer, rows: Sequence[Mapping], layer: int, batch_s
 
 
 def fit_probe(states, lengths, targets: np.ndarray, train: np.ndarray, seed: int = 0, epochs: int = 20,
-              learning_rate: float = 1e-3, batch_size: int = 32, width: int = 256, pool_width: int = 64) -> np.ndarray:
-    """Fit pooling + MLP on the ``train`` rows (bool ``[R]``) with a finite target; ``[R]`` predictions for every row."""
+              learning_rate: float = 1e-3, batch_size: int = 32, width: int = 256, pool_width: int = 64,
+              levels: np.ndarray | None = None, values: np.ndarray | None = None) -> np.ndarray:
+    """Fit pooling + MLP on the ``train`` rows (bool ``[R]``) with a finite target; ``[R]`` predictions for every row.
+
+    With ``levels`` (``[R]`` classes, :func:`probe_levels`) and ``values`` (``[K]`` each class's log ratio,
+    :func:`level_values`) the MLP gives ``K`` logits fitted by cross-entropy on every train row, and a row's
+    prediction is ``softmax(logits) @ values``; ``targets`` is then not read."""
     import torch
+    import torch.nn.functional as F
     from torch import nn
 
     from steerdeco.heads import PromptAttentionPool
 
-    fit_rows = np.where(train & np.isfinite(targets))[0]
+    if (levels is None) != (values is None):
+        raise ValueError("a level readout needs both the rows' levels and the levels' values")
+    fit_rows = np.where(train if levels is not None else train & np.isfinite(targets))[0]
     if len(fit_rows) == 0:
         raise ValueError("the probe has no training rows with a command to read (need rows of the 'train' split)")
     torch.manual_seed(seed)
     hidden = states.shape[-1]
     pool = PromptAttentionPool(hidden, pool_width)
-    readout = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1))
+    readout = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1 if levels is None else len(values)))
     params = list(pool.parameters()) + list(readout.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     mask = torch.arange(states.shape[1])[None] < lengths[:, None]
     y = torch.tensor(np.nan_to_num(targets), dtype=torch.float32)
+    classes = None if levels is None else torch.as_tensor(levels, dtype=torch.long)
+    value = None if values is None else torch.as_tensor(values, dtype=torch.float32)
     rng = np.random.default_rng(seed)
 
-    def predict(index):
+    def outputs(index):
         span = int(lengths[index].max())
-        return readout(pool(states[index, :span].float(), mask[index, :span])).squeeze(-1)
+        return readout(pool(states[index, :span].float(), mask[index, :span]))
+
+    def predict(index):
+        out = outputs(index)
+        return out.squeeze(-1) if value is None else out.softmax(-1) @ value
+
+    def loss_of(index):
+        if classes is None:
+            return (predict(index) - y[index]).square().mean()
+        return F.cross_entropy(outputs(index), classes[index])
 
     for _ in range(epochs):
         order = fit_rows[rng.permutation(len(fit_rows))]
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
-            loss = (predict(torch.as_tensor(index)) - y[index]).square().mean()
+            loss = loss_of(torch.as_tensor(index))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -148,7 +194,7 @@ def probe_measures(rows: Sequence[Mapping], predictions: np.ndarray) -> dict:
         level3 = {v: [math.exp(delta[i]) for i, r in rel if r["variant"] == v and int(r["level"]) == 3] for v in ("low", "high")}
         named = [(predictions[i], float(r["target_temperature"])) for i, r in enumerate(rows)
                  if r["split"] == "eval" and r.get("command_split") == split and r["variant"] == "named"
-                 and r.get("target_temperature") is not None]
+                 and r.get("target_temperature") is not None and math.isfinite(predictions[i])]
         out[split] = {
             "n_command_rows": len(rel),
             "single_command": float(np.mean([(delta[i] > 0) == (r["variant"] == "high") and delta[i] != 0 for i, r in rel])) if rel else None,
@@ -167,6 +213,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="embedded", help="'embedded', 'tiny' or a local model folder (default: embedded)")
     parser.add_argument("--layers", type=int, nargs="+", default=[14], help="decoder layers to probe, 1-based (default: 14)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one fit per seed and layer (default: 0)")
+    parser.add_argument("--readout", choices=("regression", "levels"), default="regression",
+                        help="regression: an MLP to the commanded log ratio; levels: an MLP to one logit per level "
+                        "(the heads' steering_levels; no named-value measure) (default: regression)")
     parser.add_argument("--epochs", type=int, default=20, help="passes over the training rows per fit (default: 20)")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per forward (default: 32)")
     parser.add_argument("--out", metavar="FILE", help="also write the measures as JSON here (an existing file is not replaced)")
@@ -196,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model, tokenizer = load_base_model(args.model, torch.bfloat16 if args.model == "embedded" else torch.float32)
     targets = probe_targets(rows)
     train = np.array([r["split"] == "train" for r in rows])
+    levels = values = None
+    if args.readout == "levels":
+        values = level_values()
+        levels = probe_levels(rows, (len(values) - 1) // 2)
     results = {}
     for layer in args.layers:
         try:
@@ -203,7 +256,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         except ValueError as error:
             raise SystemExit(str(error)) from None
         for seed in args.seeds:
-            measures = probe_measures(rows, fit_probe(states, lengths, targets, train, seed=seed, epochs=args.epochs))
+            predictions = fit_probe(states, lengths, targets, train, seed=seed, epochs=args.epochs, levels=levels, values=values)
+            if levels is not None:  # a level readout reads no named value
+                predictions[np.array([r["variant"] == "named" for r in rows])] = np.nan
+            measures = probe_measures(rows, predictions)
             results[f"layer {layer}, seed {seed}"] = measures
             for split, m in measures.items():
                 cells = ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float))

@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from analysis.probe import fit_probe, main, probe_measures, probe_targets, prompt_states
+from analysis.probe import (
+    fit_probe,
+    level_values,
+    main,
+    probe_levels,
+    probe_measures,
+    probe_targets,
+    prompt_states,
+)
 from steerdeco.testing import tiny_model_and_tokenizer
 from steerdeco.training.synthetic import synthetic_control_rows
 
@@ -64,3 +72,35 @@ def test_the_cli_probes_each_layer_and_seed_and_writes_the_measures(rows, tmp_pa
     assert sorted(results) == ["layer 1, seed 0", "layer 1, seed 1", "layer 2, seed 0", "layer 2, seed 1"]
     assert json.loads(out.read_text()) == results
     assert "layer 2 seed 1 [train wordings] single_command" in capsys.readouterr().out
+
+
+def test_a_level_readout_classifies_each_row_and_predicts_its_levels_log_ratio(rows):
+    classes = probe_levels(rows, 3)
+    for row, level in zip(rows, classes, strict=True):
+        expected = {"low": 3 - int(row["level"] or 0), "high": 3 + int(row["level"] or 0)}.get(row["variant"], 3)
+        assert level == expected  # no command, placebo and named rows: "none"
+    values = level_values()
+    assert values[3] == 0.0 and values[0] == pytest.approx(math.log(0.05)) and values[-1] == pytest.approx(math.log(2.6))
+    model, tokenizer = tiny_model_and_tokenizer()
+    states, lengths = prompt_states(model, tokenizer, rows, layer=1, batch_size=8, progress=False)
+    targets = probe_targets(rows)
+    train = np.array([r["split"] == "train" for r in rows])
+    predictions = fit_probe(states, lengths, targets, train, seed=0, epochs=60, learning_rate=3e-3, levels=classes,
+                            values=values)
+    assert predictions.min() >= values.min() - 1e-6 and predictions.max() <= values.max() + 1e-6  # a mean of the levels
+    predictions[np.array([r["variant"] == "named" for r in rows])] = np.nan
+    measures = probe_measures(rows, predictions)
+    assert measures["train"]["single_command"] >= 0.9
+    assert measures["train"]["named_temperature_on_target"] is None  # the level readout reads no value
+    with pytest.raises(ValueError, match="needs both the rows' levels and the levels' values"):
+        fit_probe(states, lengths, targets, train, levels=classes)
+
+
+def test_the_cli_fits_a_level_readout_on_request(rows, tmp_path, capsys):
+    import json
+
+    data = tmp_path / "control_data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = main(["--data", str(data), "--model", "tiny", "--readout", "levels", "--layers", "1", "--epochs", "2"])
+    assert all(m["named_temperature_on_target"] is None for m in results["layer 1, seed 0"].values())
+    assert "named_temperature_on_target" not in capsys.readouterr().out
