@@ -17,8 +17,8 @@ from steerdeco.training.synthetic import synthetic_control_rows
 POOLED = {"heads_steering_width": 8, "heads_context_pooling": "prompt_attention", "heads_context_layer": 1}
 
 
-@pytest.mark.parametrize("heads", [{}, POOLED, {**POOLED, "heads_named_values": True}],
-                         ids=["running-mean", "prompt-attention", "named-values"])
+@pytest.mark.parametrize("heads", [{}, POOLED, {**POOLED, "heads_named_values": True, "heads_steering_levels": 3}],
+                         ids=["running-mean", "prompt-attention", "named-values-and-levels"])
 def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, heads):
     cached = SteeringTrainer(args=config(tmp_path, **heads), train_dataset=train_rows)
     direct = SteeringTrainer(args=config(tmp_path, backbone_cache=False, **heads), train_dataset=train_rows)
@@ -28,6 +28,9 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, hea
             for path in cached.autodeco_model.heads.named_paths.values():
                 for parameter in path.parameters():
                     parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+            trained = cached.autodeco_model.heads  # and level paths that tell the levels apart
+            for parameter in [*trained.temperature_head.steering.parameters(), *trained.top_p_head.steering.parameters()]:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
     direct.autodeco_model.heads.load_state_dict(cached.autodeco_model.heads.state_dict())
     device = cached.autodeco_model.device
     for batch_cached, batch_direct in zip(cached.get_eval_dataloader(cached.train_dataset),
@@ -43,6 +46,8 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, hea
         if heads.get("heads_named_values"):
             torch.testing.assert_close(out_cached.named, out_direct.named, rtol=0, atol=1e-2)  # states stored in bf16
             assert float(out_cached.named[:, 0].max()) > 0  # some prompt names a temperature and it is read
+            torch.testing.assert_close(out_cached.level_logits, out_direct.level_logits, rtol=0, atol=1e-2)
+            assert out_cached.level_logits.shape[1:] == (2, 7) and float(out_cached.level_logits.std()) > 0
         # compressed logits: on a GPU a logit at a bin edge can land in the neighbouring bin
         slots = close if device.type == "cpu" else dict(rtol=1e-2, atol=1e-3)
         torch.testing.assert_close(out_cached.slots.values, out_direct.slots.values, **slots)
