@@ -69,14 +69,16 @@ def probe_targets(rows: Sequence[Mapping], low_ratios=None, high_ratios=None) ->
 
 
 def probe_levels(rows: Sequence[Mapping], levels: int) -> np.ndarray:
-    """``[R]`` each row's level class for a readout of ``2 * levels + 1`` classes: low k -> ``levels - k``, high k ->
-    ``levels + k`` (k capped at ``levels``), every other row (no command, placebo, a named value) -> ``levels``."""
-    out = np.full(len(rows), levels, dtype=np.int64)
-    for i, row in enumerate(rows):
-        if row["variant"] in ("low", "high"):
-            k = min(int(row.get("level") or 0), levels)
-            out[i] = levels - k if row["variant"] == "low" else levels + k
-    return out
+    """``[R]`` each row's level class for a readout of ``2 * levels + 1`` classes, as the objective's steering_level
+    term reads it (:func:`steerdeco.heads.level_classes`): low k -> ``levels - k``, high k -> ``levels + k`` (k
+    capped at ``levels``), every other row (no command, placebo, a named value) -> ``levels``."""
+    import torch
+
+    from steerdeco.heads import level_classes
+    from steerdeco.rows import signed_level
+
+    signed = torch.tensor([signed_level(r["variant"], r.get("level")) for r in rows], dtype=torch.float32)
+    return level_classes(signed, levels).numpy()
 
 
 def level_values(low_ratios=None, high_ratios=None) -> np.ndarray:

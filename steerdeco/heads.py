@@ -281,6 +281,13 @@ class SteeringPath(nn.Module):
         return (logits.softmax(-1) * offsets).sum(-1)
 
 
+def level_classes(signed_levels: torch.Tensor, levels: int) -> torch.Tensor:
+    """Each row's class among a steering path's ``2 * levels + 1`` levels, from its signed level (low k -> -k,
+    high k -> +k, :func:`steerdeco.rows.signed_level`): ``levels + k`` with k capped at ``levels``; a NaN level (a
+    placebo, a command naming a value) and no command are ``levels``, "none"."""
+    return (signed_levels.nan_to_num(0.0).clamp(-levels, levels) + levels).long()
+
+
 def _per_token(values: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
     """Per-reply ``values [R, ...]`` given to each token (``rows [K]``: each token's reply); as they are without rows."""
     return values if values is None or rows is None else values[rows]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..heads import MIN_TEMPERATURE, named_gate_logits
+from ..heads import MIN_TEMPERATURE, level_classes, named_gate_logits
 from ..losses import AutoDecoLossConfig, autodeco_losses
 from ..ranking import (
     REDUCTIONS,
@@ -377,8 +377,7 @@ class SteeringObjective:
         if outputs.level_logits is None:
             raise ValueError("the steering_level term needs heads with steering_levels (SteeringOutput.level_logits is None)")
         logits = outputs.level_logits.float()
-        top = (logits.shape[-1] - 1) // 2
-        classes = (inputs["signed_level"].nan_to_num(0.0).clamp(-top, top) + top).long()
+        classes = level_classes(inputs["signed_level"], (logits.shape[-1] - 1) // 2)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), classes.repeat_interleave(logits.shape[1]))
 
     def terms(self, outputs, inputs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
