@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steerdeco.rows import VARIANTS
-from steerdeco.training.metrics import SteeringMetrics
+from steerdeco.training.metrics import SteeringMetrics, top_p_saturation
 
 
 def batch_of_one_group(temperatures: list[float]):
@@ -33,3 +33,14 @@ def test_metrics_average_since_the_last_log_and_reset():
     metrics.reset("train")
     assert metrics.averages(metrics.sums["train"]) == {}
     assert metrics.averages(metrics.sums["eval"]) == {}  # train and eval keep separate sums
+
+
+def test_a_top_p_head_saturated_without_a_command_is_flagged_from_the_logged_metrics():
+    metrics = SteeringMetrics(["train"])
+    outputs, inputs = batch_of_one_group([1.0, 0.5, 2.0])
+    outputs.top_p = torch.full((3, 2), 0.9999)
+    metrics.record("train", {}, outputs, inputs)
+    warning = top_p_saturation(metrics.averages(metrics.sums["train"]))
+    assert warning is not None and "0.9999" in warning and "--warmup_steps" in warning
+    assert top_p_saturation({"mean_top_p/none": 0.99}) is None  # high but not where the loss is flat
+    assert top_p_saturation({"mean_top_p/low": 1.0}) is None  # only the no-command rows say the head is stuck

@@ -17,6 +17,23 @@ from .evaluation import QUANTITIES, summarize_ordering
 from .objective import LOSS_TERMS
 
 MODES = ("train", "eval")
+SATURATED_TOP_P = 0.999  # a mean no-command top-p above this: the head sits where the soft top-p loss is flat
+
+
+def top_p_saturation(logs: Mapping[str, float]) -> str | None:
+    """A warning when a log's mean no-command top-p (``mean_top_p/none``) is above :data:`SATURATED_TOP_P`.
+
+    The soft top-p loss has no gradient in P once P is above the mass before every kept token, and the
+    sigmoid's gradient vanishes there too, so a top-p head pushed that far tends to stay at 1 (and the
+    commands can no longer lower or raise it). None when the log has no such value or it is below.
+    """
+    value = logs.get("mean_top_p/none")
+    if value is None or value <= SATURATED_TOP_P:
+        return None
+    return (
+        f"the top-p head is saturated (mean no-command top-p {value:.4f}): the soft top-p loss has no gradient "
+        "there and the head may stay at 1; a longer warmup (--warmup_steps) or a lower --learning_rate avoids it"
+    )
 
 
 class SteeringMetrics:

@@ -50,7 +50,7 @@ from .checkpoint import (
 from .collator import SteeringCollator
 from .config import SteeringConfig
 from .data import fit_context_normalization, prepare_data
-from .metrics import SteeringMetrics
+from .metrics import SteeringMetrics, top_p_saturation
 from .model import MODEL_INPUTS, SteeringModel, build_model, load_anchor, prepare_model
 from .objective import SteeringObjective
 from .preflight import TOOL, preflight
@@ -144,6 +144,7 @@ class SteeringTrainer(SFTTrainer):
         self.objective = SteeringObjective.from_config(args)
         self.metrics = SteeringMetrics(self.split_names)
         self._generator_key, self._generator_calls = None, 0
+        self._warned_top_p = False  # the saturated-top-p warning, logged once a run
 
     # -- objective ----------------------------------------------------------------------------
     def _loss_generator(self, mode: str) -> torch.Generator:
@@ -185,6 +186,10 @@ class SteeringTrainer(SFTTrainer):
             sums = self.accelerator.reduce(sums.to(self.accelerator.device), reduction="sum").cpu()
         logs.update(self.metrics.averages(sums, prefix="eval_" if mode == "eval" else ""))
         self.metrics.reset(mode)
+        warning = top_p_saturation(logs)
+        if warning is not None and not self._warned_top_p:
+            self._warned_top_p = True
+            logger.warning(warning)
         super().log(logs, start_time)
 
     # -- running and resuming -------------------------------------------------------------------
