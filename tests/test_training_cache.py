@@ -27,10 +27,10 @@ def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, hea
         with torch.no_grad():
             for path in cached.autodeco_model.heads.named_paths.values():
                 for parameter in path.parameters():
-                    parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+                    parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)).to(parameter.device))
             trained = cached.autodeco_model.heads  # and level paths that tell the levels apart
             for parameter in [*trained.temperature_head.steering.parameters(), *trained.top_p_head.steering.parameters()]:
-                parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)).to(parameter.device))
     direct.autodeco_model.heads.load_state_dict(cached.autodeco_model.heads.state_dict())
     device = cached.autodeco_model.device
     for batch_cached, batch_direct in zip(cached.get_eval_dataloader(cached.train_dataset),

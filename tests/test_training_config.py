@@ -37,7 +37,8 @@ def test_config_defaults_suit_the_trainer(tmp_path):
     args = SteeringConfig(output_dir=str(tmp_path))
     assert args.use_backbone_cache and args.training_mode == "head_only"
     assert args.dataset_kwargs == {"skip_prepare_dataset": True}
-    assert not args.bf16 and not args.activation_checkpointing and not args.remove_unused_columns
+    checkpointing = getattr(args, "activation_checkpointing", args.gradient_checkpointing)  # transformers 5.17 has gradient_checkpointing only
+    assert not args.bf16 and not checkpointing and not args.remove_unused_columns
     assert args.report_to in ([], "none", ["none"])
     assert not SteeringConfig(output_dir=str(tmp_path), training_mode="lora_joint").use_backbone_cache
 
