@@ -144,7 +144,7 @@ def test_main_scores_every_wording_and_heads_at_the_temperature_floor_obey_only_
         main(["--heads", str(folders / "cold"), "--data", str(tmp_path / "missing"), "--wordings", str(path)])
 
 
-@pytest.mark.parametrize("name", ["wordings_example.yaml", "wordings_second.yaml", "wordings_third.yaml"])
+@pytest.mark.parametrize("name", ["wordings_example.yaml", "wordings_second.yaml", "wordings_third.yaml", "wordings_fourth.yaml"])
 def test_the_shipped_wordings_files_read_cleanly_and_none_of_their_relative_wordings_is_in_the_library(name):
     from pathlib import Path
 
