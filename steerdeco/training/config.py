@@ -108,7 +108,7 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Groups per device and evaluation step."})
     gradient_checkpointing: bool | None = field(
         default=None,
-        metadata={"help": "Deprecated alias of activation_checkpointing (off by default here)."},
+        metadata={"help": "Recompute activations in the backward pass (newer transformers name it activation_checkpointing; off by default here)."},
     )
     bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (off by default here)."})
     remove_unused_columns: bool = field(
