@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -144,10 +145,15 @@ def test_main_scores_every_wording_and_heads_at_the_temperature_floor_obey_only_
         main(["--heads", str(folders / "cold"), "--data", str(tmp_path / "missing"), "--wordings", str(path)])
 
 
-@pytest.mark.parametrize("name", ["wordings_example.yaml", "wordings_second.yaml", "wordings_third.yaml", "wordings_fourth.yaml"])
-def test_the_shipped_wordings_files_read_cleanly_and_none_of_their_relative_wordings_is_in_the_library(name):
-    from pathlib import Path
+SHIPPED_WORDINGS = sorted(path.name for path in (Path(__file__).parent.parent / "control_data").glob("wordings_*.yaml"))
 
+
+def test_every_shipped_wordings_file_is_checked():
+    assert {"wordings_example.yaml", "wordings_second.yaml", "wordings_third.yaml", "wordings_fourth.yaml"} <= set(SHIPPED_WORDINGS)
+
+
+@pytest.mark.parametrize("name", SHIPPED_WORDINGS)
+def test_the_shipped_wordings_files_read_cleanly_and_none_of_their_relative_wordings_is_in_the_library(name):
     from steerdeco.control.commands import load_commands
     from steerdeco.control.phrasings import load_grammar
 
