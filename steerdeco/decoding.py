@@ -57,16 +57,24 @@ def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: 
 def top_k_top_p_filter(scores: torch.Tensor, top_k: int, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
     """``top_p_filter(TopKLogitsWarper(top_k)(scores), top_p)`` without sorting the whole vocabulary.
 
-    Top-p only ever keeps tokens that top-k kept, so the rule runs on the ``top_k`` best scores (one
-    ``topk`` instead of a sort of ``V``). Rows where scores tie at the k-th value (top-k then keeps
-    more than ``k`` tokens) take the full path. scores ``[B, V]``, top_p ``[B]``.
+    Top-p only ever keeps tokens that top-k kept, so the rule runs on the best scores alone (a
+    ``topk`` instead of a sort of ``V``). Top-k keeps every score equal to the k-th one; where such
+    ties make it keep more than ``k`` tokens (common with bfloat16 logits), the rule runs on as many
+    best scores as the row with the most ties keeps, the others' extra scores masked out.
+    scores ``[B, V]``, top_p ``[B]``.
     """
     k = max(top_k, min_tokens_to_keep)
-    if k >= scores.shape[-1]:
+    vocab = scores.shape[-1]
+    if k >= vocab:
         return top_p_filter(scores, top_p, min_tokens_to_keep)
     values, indices = scores.topk(k, dim=-1)  # descending
-    if bool(((scores >= values[:, -1:]).sum(-1) > k).any()):
+    kth = values[:, -1:]
+    width = int((scores >= kth).sum(-1).max())  # what top-k keeps in the row with the most ties at its k-th value
+    if width >= vocab:
         return top_p_filter(TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens_to_keep)(None, scores), top_p, min_tokens_to_keep)
+    if width > k:
+        values, indices = scores.topk(width, dim=-1)
+        values = values.masked_fill(values < kth, -math.inf)  # below the row's own k-th value: top-k removed it
     ascending = values.flip(-1)
     cumulative_probs = ascending.softmax(dim=-1).cumsum(dim=-1)
     to_remove = cumulative_probs <= (1 - top_p.to(cumulative_probs.dtype)).unsqueeze(-1)

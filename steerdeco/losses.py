@@ -77,6 +77,10 @@ def exact_slots(logits: torch.Tensor, targets: torch.Tensor) -> LogitSlots:
     return LogitSlots(values, None, target_value, target_slot)
 
 
+# rows of logits compress_logits works on at a time on a CPU (as many as fit this many values)
+_CPU_BLOCK_ELEMENTS = 200_000
+
+
 def compress_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 256, num_bins: int = 64) -> LogitSlots:
     """Top-``top_k`` tokens exactly plus the tail in ``num_bins`` equal-width logit bins.
 
@@ -90,6 +94,17 @@ def compress_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 25
         raise ValueError(f"top_k must be in [5, vocab size {vocab}), got {top_k}")
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    rows = max(1, _CPU_BLOCK_ELEMENTS // vocab)
+    if logits.device.type != "cpu" or logits.shape[0] <= rows:
+        return _compress_block(logits, targets, top_k, num_bins)
+    # On a CPU the passes over [N, V] are bound by memory: a few rows at a time stay in the cache
+    blocks = [_compress_block(logits[i : i + rows], targets[i : i + rows], top_k, num_bins)
+              for i in range(0, logits.shape[0], rows)]
+    return LogitSlots(*(torch.cat([getattr(b, name) for b in blocks]) for name in ("values", "counts", "target_value", "target_slot")))
+
+
+def _compress_block(logits: torch.Tensor, targets: torch.Tensor, top_k: int, num_bins: int) -> LogitSlots:
+    """:func:`compress_logits` of one block of rows (checked there)."""
     logits = logits.float()
     top_values, top_index = logits.topk(top_k, dim=-1)
     in_top = top_index == targets.unsqueeze(-1)
@@ -102,14 +117,16 @@ def compress_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 25
     width = (high - low).clamp_min(1e-6) / num_bins
 
     def bin_of(x: torch.Tensor) -> torch.Tensor:
-        return ((x - low) / width).floor_().clamp_(0, num_bins - 1).long()
+        # floor((x - low) / width) clamped to the bins; after the clamp every value is >= 0, where the
+        # integer conversion's truncation is the floor. In place: the [N, V] passes dominate the cost.
+        return (x - low).div_(width).clamp_(0, num_bins - 1).long()
 
     bins = bin_of(logits)
-    shift = high  # stable exp
     counts = torch.zeros(logits.shape[0], num_bins, device=logits.device)
     counts.scatter_add_(-1, bins, torch.ones(1, device=logits.device).expand_as(logits))
     sums = torch.zeros(logits.shape[0], num_bins, device=logits.device)
-    sums.scatter_add_(-1, bins, (torch.minimum(logits, high) - shift).exp_())
+    sums.scatter_add_(-1, bins, (logits - high).clamp_(max=0.0).exp_())  # exp(min(logit, high) - high): stable
+    shift = high
     counts[:, -1] -= top_k
     sums[:, -1] -= top_k
     sums.clamp_min_(0.0)

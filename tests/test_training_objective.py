@@ -204,6 +204,34 @@ def test_the_anchor_term_holds_rows_without_a_command_to_the_anchor_heads(tmp_pa
     assert abs(after - target) < 0.5 * abs(before - target)
 
 
+def test_anchor_heads_with_their_own_pooling_run_once_per_cached_row(tmp_path, train_rows):
+    from steerdeco import AutoDecoModel
+
+    pooled = {"heads_context_pooling": "prompt_attention"}
+    probe = SteeringTrainer(args=config(tmp_path / "probe", **pooled), train_dataset=train_rows)
+    anchor = AutoDecoModel(probe.autodeco_model.base_model, probe.autodeco_model.heads_config)
+    anchor.heads.load_state_dict(probe.autodeco_model.heads.state_dict())
+    anchor.save_pretrained(tmp_path / "anchor")
+    trainer = SteeringTrainer(args=config(tmp_path, anchor_heads=str(tmp_path / "anchor"), anchor_weight=1.0, **pooled),
+                              train_dataset=train_rows)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    assert "cache_rows" in inputs and trainer.model.anchor.prompt_pool is not None
+    calls = []
+    handle = trainer.model.anchor.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            first, again = trainer.model(**inputs), trainer.model(**inputs)
+            assert len(calls) == 1  # the second batch of the same rows reuses the kept values
+            live = trainer.model(**{k: v for k, v in inputs.items() if k != "cache_rows"})
+            assert len(calls) == 2
+    finally:
+        handle.remove()
+    for name in ("anchor_temperature", "anchor_top_p"):
+        assert torch.equal(getattr(first, name), getattr(again, name))
+        torch.testing.assert_close(getattr(first, name), getattr(live, name))
+
+
 def test_anchor_heads_with_another_context_are_refused(tmp_path, train_rows):
     from steerdeco import AutoDecoModel
     from steerdeco.config import HeadsConfig

@@ -212,6 +212,7 @@ class SteeringCollator:
         }
         if self.cache is not None:
             batch.update(self.cache.gather(cache_rows, width))
+            batch["cache_rows"] = torch.tensor(cache_rows)
             if "prompt_states" in batch:  # the prompt's ids beside its cached states (heads that read named values)
                 prompt_ids = torch.full(batch["prompt_mask"].shape, self.pad_token_id, dtype=torch.long)
                 for i, (ids, start) in enumerate(rows):

@@ -111,6 +111,7 @@ MODEL_INPUTS = (
     "prompt_states",
     "prompt_mask",
     "prompt_ids",
+    "cache_rows",
 )
 
 
@@ -133,6 +134,8 @@ class SteeringModel(nn.Module):
         self.compute_lm_loss = lm_loss
         # frozen AutoDecoHeads, kept out of the module tree: neither optimised nor saved with the model
         object.__setattr__(self, "anchor", anchor)
+        # cache row -> the anchor heads' (T, P) at its positions: from the cache they never change
+        self._anchor_memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def config(self):
@@ -169,6 +172,7 @@ class SteeringModel(nn.Module):
         prompt_states: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         prompt_ids: torch.Tensor | None = None,
+        cache_rows: torch.Tensor | None = None,
     ) -> SteeringOutput:
         """Heads along the responses of one batch of ``R`` rows.
 
@@ -184,6 +188,8 @@ class SteeringModel(nn.Module):
                 ``prompt_attention`` (head-only; a live backbone reads them itself).
             prompt_ids: ``[R, P]`` the prompt's token ids beside the cached states, for heads with
                 ``named_values`` (head-only; a live backbone's come from ``input_ids``).
+            cache_rows: ``[R]`` each row's index in the backbone cache (head-only): anchor heads with
+                their own prompt pooling then run once per row, their values kept for later epochs.
 
         Returns:
             A :class:`SteeringOutput`; ``lm_loss`` only for a live backbone with ``lm_loss=True``.
@@ -233,8 +239,9 @@ class SteeringModel(nn.Module):
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
         anchor_t = anchor_p = None
         if self.anchor is not None:
+            keys = None if hidden is None or cache_rows is None else [int(r) for r in cache_rows.tolist()]
             anchor_t, anchor_p = self._anchor_values(flat_hidden, slots, flat_context, context_rows, prompt_states,
-                                                     prompt_mask, rows)
+                                                     prompt_mask, rows, keys)
             anchor_t = padded.masked_scatter(mask, anchor_t.to(padded.dtype))
             anchor_p = padded.masked_scatter(mask, anchor_p.to(padded.dtype))
         return SteeringOutput(
@@ -249,15 +256,28 @@ class SteeringModel(nn.Module):
         )
 
     @torch.no_grad()
-    def _anchor_values(self, flat_hidden, slots, context, context_rows, prompt_states, prompt_mask, rows):
+    def _anchor_values(self, flat_hidden, slots, context, context_rows, prompt_states, prompt_mask, rows, keys=None):
         """The anchor heads' T and P at the ``K`` positions (``rows``: each one's row), with their own prompt
         pooling when they have one (preflight makes it read the same prompt states as the trained heads);
-        ``context``/``context_rows`` as the trained heads got them."""
+        ``context``/``context_rows`` as the trained heads got them.
+
+        ``keys``: each row's backbone-cache row. Anchor heads with their own pooling read only cached
+        inputs then, so their values are kept per row and later batches of the same rows reuse them.
+        """
         anchor = self.anchor.to(rows.device)
+        keep = keys is not None and anchor.prompt_pool is not None
+        if keep and all(key in self._anchor_memo for key in keys):
+            kept = [self._anchor_memo[key] for key in keys]
+            return torch.cat([t for t, _ in kept]), torch.cat([p for _, p in kept])
         context = self.autodeco.heads.split_named(context)[0]
         if anchor.prompt_pool is not None:
             context, context_rows = anchor.pool_prompt(prompt_states, prompt_mask), rows
-        return anchor(flat_hidden.detach(), slots.values, slots.counts, context=context, rows=context_rows)
+        temperature, top_p = anchor(flat_hidden.detach(), slots.values, slots.counts, context=context, rows=context_rows)
+        if keep:
+            counts = torch.bincount(rows, minlength=len(keys)).tolist()
+            for key, t, p in zip(keys, temperature.split(counts), top_p.split(counts), strict=True):
+                self._anchor_memo[key] = (t, p)
+        return temperature, top_p
 
     @torch.no_grad()
     def base_lm_loss(self, input_ids, attention_mask, response_positions, response_targets, response_mask) -> torch.Tensor:

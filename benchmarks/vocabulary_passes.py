@@ -1,0 +1,86 @@
+"""The two per-position passes over the whole vocabulary on a CPU, each against its plain form.
+
+* **Cache**: :func:`steerdeco.losses.compress_logits` on the logits of one cache batch (16 rows of
+  24 response positions), worked in blocks of a few rows (as the backbone cache runs it) against
+  the whole batch at once.
+* **Decoding**: :func:`steerdeco.decoding.top_k_top_p_filter` (top-k 50, a top-p per row) on one
+  decoding step of 48 rows, against the rule it implements: transformers' ``TopKLogitsWarper``, then
+  :func:`steerdeco.decoding.top_p_filter`, which sorts the whole vocabulary.
+
+Logits are random, of the embedded model's vocabulary, rounded to bfloat16 as a bf16 backbone gives
+them (many equal values, so top-k keeps ties). Each pair alternates in one process after a warm-up;
+the outputs are checked to be the same first. The last two lines are the median ratios plain / ours.
+
+    python benchmarks/vocabulary_passes.py [--repeats 15] [--vocab 49152]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import TopKLogitsWarper
+
+import steerdeco.losses as losses
+from steerdeco.decoding import top_k_top_p_filter, top_p_filter
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15, help="timed pairs per comparison (default 15)")
+    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary size (default: the embedded model's)")
+    return parser
+
+
+def _seconds(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def median_ratio(plain, ours, repeats: int) -> float:
+    """Median over ``repeats`` alternating pairs of plain time / our time, after one warm-up call of each."""
+    plain(), ours()
+    return statistics.median(_seconds(plain) / _seconds(ours) for _ in range(repeats))
+
+
+def compress_in_one_block(logits: torch.Tensor, targets: torch.Tensor):
+    saved = losses._CPU_BLOCK_ELEMENTS
+    losses._CPU_BLOCK_ELEMENTS = logits.numel()
+    try:
+        return losses.compress_logits(logits, targets)
+    finally:
+        losses._CPU_BLOCK_ELEMENTS = saved
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    if args.repeats < 1 or args.vocab < 1024:
+        raise SystemExit("--repeats must be >= 1 and --vocab >= 1024")
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(16 * 24, args.vocab, generator=generator) * 3).bfloat16()
+    targets = torch.randint(0, args.vocab, (logits.shape[0],), generator=generator)
+    blocked, whole = losses.compress_logits(logits, targets), compress_in_one_block(logits, targets)
+    if not all(torch.equal(getattr(blocked, n), getattr(whole, n)) for n in ("values", "counts", "target_value", "target_slot")):
+        raise SystemExit("compress_logits gave other slots in blocks than at once")
+    cache = median_ratio(lambda: compress_in_one_block(logits, targets), lambda: losses.compress_logits(logits, targets), args.repeats)
+
+    scores = (torch.randn(48, args.vocab, generator=generator) * 3).bfloat16().float()
+    top_p = torch.rand(48, generator=generator) * 0.9 + 0.05
+    warper = TopKLogitsWarper(50)
+
+    def plain():
+        return top_p_filter(warper(None, scores), top_p)
+
+    if not torch.equal(torch.isfinite(plain()).sum(-1), torch.isfinite(top_k_top_p_filter(scores, 50, top_p)).sum(-1)):
+        raise SystemExit("top_k_top_p_filter kept other numbers of tokens than the plain rule")
+    decoding = median_ratio(plain, lambda: top_k_top_p_filter(scores, 50, top_p), args.repeats)
+    print(f"vocabulary {args.vocab}, {torch.get_num_threads()} threads, {args.repeats} pairs each")
+    print(f"cache, compress_logits of 384 positions: median whole-batch / blocked time ratio {cache:.2f}")
+    print(f"decoding, top-k then top-p of 48 rows: median plain-rule / ours time ratio {decoding:.2f}")
+    return {"compress_logits": cache, "top_k_top_p_filter": decoding}
+
+
+if __name__ == "__main__":
+    main(make_parser().parse_args())
