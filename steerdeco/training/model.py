@@ -266,15 +266,16 @@ class SteeringModel(nn.Module):
         """
         anchor = self.anchor.to(rows.device)
         keep = keys is not None and anchor.prompt_pool is not None
-        if keep and all(key in self._anchor_memo for key in keys):
-            kept = [self._anchor_memo[key] for key in keys]
-            return torch.cat([t for t, _ in kept]), torch.cat([p for _, p in kept])
+        if keep:
+            counts = torch.bincount(rows, minlength=len(keys)).tolist()  # positions of each row in this batch
+            kept = [self._anchor_memo.get(key) for key in keys]
+            if all(k is not None and k[0].numel() == n for k, n in zip(kept, counts, strict=True)):
+                return torch.cat([t for t, _ in kept]), torch.cat([p for _, p in kept])
         context = self.autodeco.heads.split_named(context)[0]
         if anchor.prompt_pool is not None:
             context, context_rows = anchor.pool_prompt(prompt_states, prompt_mask), rows
         temperature, top_p = anchor(flat_hidden.detach(), slots.values, slots.counts, context=context, rows=context_rows)
         if keep:
-            counts = torch.bincount(rows, minlength=len(keys)).tolist()
             for key, t, p in zip(keys, temperature.split(counts), top_p.split(counts), strict=True):
                 self._anchor_memo[key] = (t, p)
         return temperature, top_p
