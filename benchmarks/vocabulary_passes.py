@@ -1,15 +1,18 @@
-"""The two per-position passes over the whole vocabulary on a CPU, each against its plain form.
+"""The per-position passes over the whole vocabulary on a CPU, each against its plain form.
 
 * **Cache**: :func:`steerdeco.losses.compress_logits` on the logits of one cache batch (16 rows of
   24 response positions), worked in blocks of a few rows (as the backbone cache runs it) against
   the whole batch at once.
+* **Features**: the heads' probability features of full logits (what teacher-forced scoring
+  through the backbone and every decoding step compute) for the same 384 positions, in blocks of
+  rows against at once.
 * **Decoding**: :func:`steerdeco.decoding.top_k_top_p_filter` (top-k 50, a top-p per row) on one
   decoding step of 48 rows, against the rule it implements: transformers' ``TopKLogitsWarper``, then
   :func:`steerdeco.decoding.top_p_filter`, which sorts the whole vocabulary.
 
 Logits are random, of the embedded model's vocabulary, rounded to bfloat16 as a bf16 backbone gives
 them (many equal values, so top-k keeps ties). Each pair alternates in one process after a warm-up;
-the outputs are checked to be the same first. The last two lines are the median ratios plain / ours.
+the outputs are checked to be the same first. The last three lines are the median ratios plain / ours.
 
     python benchmarks/vocabulary_passes.py [--repeats 15] [--vocab 49152]
 """
@@ -23,8 +26,10 @@ import time
 import torch
 from transformers import TopKLogitsWarper
 
-import steerdeco.losses as losses
+import steerdeco.blocks as blocks
 from steerdeco.decoding import top_k_top_p_filter, top_p_filter
+from steerdeco.heads import probability_features
+from steerdeco.losses import compress_logits
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -46,13 +51,14 @@ def median_ratio(plain, ours, repeats: int) -> float:
     return statistics.median(_seconds(plain) / _seconds(ours) for _ in range(repeats))
 
 
-def compress_in_one_block(logits: torch.Tensor, targets: torch.Tensor):
-    saved = losses._CPU_BLOCK_ELEMENTS
-    losses._CPU_BLOCK_ELEMENTS = logits.numel()
+def in_one_block(function, *args):
+    """``function(*args)`` with every tensor worked on whole (:func:`steerdeco.blocks.row_blocks` cuts nothing)."""
+    saved = blocks.CPU_BLOCK_ELEMENTS
+    blocks.CPU_BLOCK_ELEMENTS = 2**62
     try:
-        return losses.compress_logits(logits, targets)
+        return function(*args)
     finally:
-        losses._CPU_BLOCK_ELEMENTS = saved
+        blocks.CPU_BLOCK_ELEMENTS = saved
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
@@ -61,10 +67,17 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     logits = (torch.randn(16 * 24, args.vocab, generator=generator) * 3).bfloat16()
     targets = torch.randint(0, args.vocab, (logits.shape[0],), generator=generator)
-    blocked, whole = losses.compress_logits(logits, targets), compress_in_one_block(logits, targets)
+    blocked, whole = compress_logits(logits, targets), in_one_block(compress_logits, logits, targets)
     if not all(torch.equal(getattr(blocked, n), getattr(whole, n)) for n in ("values", "counts", "target_value", "target_slot")):
         raise SystemExit("compress_logits gave other slots in blocks than at once")
-    cache = median_ratio(lambda: compress_in_one_block(logits, targets), lambda: losses.compress_logits(logits, targets), args.repeats)
+    cache = median_ratio(lambda: in_one_block(compress_logits, logits, targets), lambda: compress_logits(logits, targets), args.repeats)
+
+    full = logits.float()
+    temperature = torch.rand(full.shape[0], generator=generator) + 0.3
+    torch.testing.assert_close(probability_features(full, temperature), in_one_block(probability_features, full, temperature),
+                               rtol=1e-5, atol=1e-7)  # blocks take torch.dot, the whole batch a product and a sum
+    features = median_ratio(lambda: in_one_block(probability_features, full, temperature),
+                            lambda: probability_features(full, temperature), args.repeats)
 
     scores = (torch.randn(48, args.vocab, generator=generator) * 3).bfloat16().float()
     top_p = torch.rand(48, generator=generator) * 0.9 + 0.05
@@ -78,8 +91,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     decoding = median_ratio(plain, lambda: top_k_top_p_filter(scores, 50, top_p), args.repeats)
     print(f"vocabulary {args.vocab}, {torch.get_num_threads()} threads, {args.repeats} pairs each")
     print(f"cache, compress_logits of 384 positions: median whole-batch / blocked time ratio {cache:.2f}")
+    print(f"features, probability features of 384 positions: median whole-batch / blocked time ratio {features:.2f}")
     print(f"decoding, top-k then top-p of 48 rows: median plain-rule / ours time ratio {decoding:.2f}")
-    return {"compress_logits": cache, "top_k_top_p_filter": decoding}
+    return {"compress_logits": cache, "probability_features": features, "top_k_top_p_filter": decoding}
 
 
 if __name__ == "__main__":

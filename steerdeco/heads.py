@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import row_blocks
 from .config import HeadsConfig
 from .numbers import NUMBER_FEATURES, NumberReader
 
@@ -97,8 +98,21 @@ def _token_probability_features(logits: torch.Tensor, temperature: torch.Tensor)
     The same quantities, rearranged: with ``s = (logits - max) / T``, ``e = exp(s)`` and ``Z = sum(e)``,
     max prob ``= 1 / Z``, entropy ``= log Z - (e . s) / Z``, variance ``= (e . e) / (Z^2 V) - 1 / V^2`` and
     top-5 mass from the five largest logits (one ``topk``, which also gives the max). Decoding computes
-    these for every sampled token, so two dot products replace four full-size temporaries.
+    these for every sampled token, so two dot products replace four full-size temporaries. On a CPU
+    many rows are worked a few at a time (:func:`steerdeco.blocks.row_blocks`).
     """
+    vocab = logits.shape[-1]
+    flat, flat_t = logits.reshape(-1, vocab), temperature.reshape(-1)
+    blocks = row_blocks(flat)
+    if blocks is None:
+        features = _token_features_block(flat, flat_t)
+    else:
+        features = torch.cat([_token_features_block(flat[rows], flat_t[rows]) for rows in blocks])
+    return features.reshape(*logits.shape[:-1], 4)
+
+
+def _token_features_block(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """:func:`_token_probability_features` of logits ``[N, V]`` and temperatures ``[N]``, in one piece."""
     vocab = logits.shape[-1]
     top = logits.topk(min(5, vocab), dim=-1).values
     inverse_t = temperature.reciprocal().unsqueeze(-1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .blocks import row_blocks
 from .heads import MIN_TEMPERATURE
 
 IGNORE_INDEX = -100
@@ -77,10 +78,6 @@ def exact_slots(logits: torch.Tensor, targets: torch.Tensor) -> LogitSlots:
     return LogitSlots(values, None, target_value, target_slot)
 
 
-# rows of logits compress_logits works on at a time on a CPU (as many as fit this many values)
-_CPU_BLOCK_ELEMENTS = 200_000
-
-
 def compress_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 256, num_bins: int = 64) -> LogitSlots:
     """Top-``top_k`` tokens exactly plus the tail in ``num_bins`` equal-width logit bins.
 
@@ -94,13 +91,11 @@ def compress_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 25
         raise ValueError(f"top_k must be in [5, vocab size {vocab}), got {top_k}")
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
-    rows = max(1, _CPU_BLOCK_ELEMENTS // vocab)
-    if logits.device.type != "cpu" or logits.shape[0] <= rows:
+    blocks = row_blocks(logits)
+    if blocks is None:
         return _compress_block(logits, targets, top_k, num_bins)
-    # On a CPU the passes over [N, V] are bound by memory: a few rows at a time stay in the cache
-    blocks = [_compress_block(logits[i : i + rows], targets[i : i + rows], top_k, num_bins)
-              for i in range(0, logits.shape[0], rows)]
-    return LogitSlots(*(torch.cat([getattr(b, name) for b in blocks]) for name in ("values", "counts", "target_value", "target_slot")))
+    parts = [_compress_block(logits[rows], targets[rows], top_k, num_bins) for rows in blocks]
+    return LogitSlots(*(torch.cat([getattr(p, name) for p in parts]) for name in ("values", "counts", "target_value", "target_slot")))
 
 
 def _compress_block(logits: torch.Tensor, targets: torch.Tensor, top_k: int, num_bins: int) -> LogitSlots:

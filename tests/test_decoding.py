@@ -218,7 +218,11 @@ def test_top_k_then_top_p_on_the_k_best_keeps_the_same_tokens_as_on_the_whole_vo
                     assert torch.equal(batch[row][kept[row]].sort().values, batch[row][expected[row]].sort().values)
 
 
-def test_probability_features_of_full_logits_match_their_definition():
+@pytest.mark.parametrize("block_elements", [10**9, 2 * 1000])  # whole; blocks of 2 rows (the last one shorter)
+def test_probability_features_of_full_logits_match_their_definition(monkeypatch, block_elements):
+    import steerdeco.blocks as blocks
+
+    monkeypatch.setattr(blocks, "CPU_BLOCK_ELEMENTS", block_elements)
     generator = torch.Generator().manual_seed(0)
     logits = (torch.randn(6, 3, 1000, generator=generator) * 4).double()
     temperature = torch.rand(6, 3, generator=generator).double() * 2 + 0.05

@@ -113,17 +113,17 @@ def test_compressed_and_exact_slots_give_the_same_losses_and_features():
 
 
 def test_compressed_slots_are_the_same_in_blocks_of_rows_and_bin_the_tail_by_floor(monkeypatch):
-    import steerdeco.losses as losses
+    import steerdeco.blocks as blocks
 
     g = torch.Generator().manual_seed(5)
     logits = (torch.randn(37, 3000, generator=g) * 4).bfloat16()  # bfloat16 logits tie, as a bf16 backbone's do
     targets = torch.randint(0, 3000, (37,), generator=g)
-    monkeypatch.setattr(losses, "_CPU_BLOCK_ELEMENTS", 10**9)
+    monkeypatch.setattr(blocks, "CPU_BLOCK_ELEMENTS", 10**9)
     whole = compress_logits(logits, targets, top_k=64, num_bins=16)
-    monkeypatch.setattr(losses, "_CPU_BLOCK_ELEMENTS", 4 * 3000)  # blocks of 4 rows, the last one shorter
-    blocks = compress_logits(logits, targets, top_k=64, num_bins=16)
+    monkeypatch.setattr(blocks, "CPU_BLOCK_ELEMENTS", 4 * 3000)  # blocks of 4 rows, the last one shorter
+    blocked = compress_logits(logits, targets, top_k=64, num_bins=16)
     for name in ("values", "counts", "target_value", "target_slot"):
-        assert torch.equal(getattr(whole, name), getattr(blocks, name)), name
+        assert torch.equal(getattr(whole, name), getattr(blocked, name)), name
     # each tail token counts in bin floor((logit - min) / width) of 16 equal bins up to the 64th largest logit
     full = logits.float()
     top = full.topk(64, dim=-1).values
@@ -131,8 +131,8 @@ def test_compressed_slots_are_the_same_in_blocks_of_rows_and_bin_the_tail_by_flo
     bins = ((full - low) / ((high - low) / 16)).floor().clamp(0, 15).long()
     expected = torch.zeros(37, 16).scatter_add_(-1, bins, torch.ones_like(full))
     expected[:, -1] -= 64  # the top-k are slots of their own
-    assert torch.equal(blocks.counts[:, 64:], expected.flip(-1))
-    assert torch.equal(blocks.values[:, :64], top)
+    assert torch.equal(blocked.counts[:, 64:], expected.flip(-1))
+    assert torch.equal(blocked.values[:, :64], top)
 
 
 def test_probability_features_match_their_definitions():
