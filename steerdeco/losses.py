@@ -121,11 +121,10 @@ def _compress_block(logits: torch.Tensor, targets: torch.Tensor, top_k: int, num
     counts.scatter_add_(-1, bins, torch.ones(1, device=logits.device).expand_as(logits))
     sums = torch.zeros(logits.shape[0], num_bins, device=logits.device)
     sums.scatter_add_(-1, bins, (logits - high).clamp_(max=0.0).exp_())  # exp(min(logit, high) - high): stable
-    shift = high
     counts[:, -1] -= top_k
     sums[:, -1] -= top_k
     sums.clamp_min_(0.0)
-    bin_values = torch.where(counts > 0, (sums / counts.clamp_min(1)).clamp_min(1e-38).log() + shift, low)
+    bin_values = torch.where(counts > 0, (sums / counts.clamp_min(1)).clamp_min(1e-38).log() + high, low)
     # descending order: highest bin first
     bin_values, counts = bin_values.flip(-1), counts.flip(-1)
     values = torch.cat([top_values, bin_values], dim=-1)
