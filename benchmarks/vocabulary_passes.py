@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import fields
 
 import torch
 from transformers import TopKLogitsWarper
@@ -29,7 +30,7 @@ from transformers import TopKLogitsWarper
 import steerdeco.blocks as blocks
 from steerdeco.decoding import top_k_top_p_filter, top_p_filter
 from steerdeco.heads import probability_features
-from steerdeco.losses import compress_logits
+from steerdeco.losses import LogitSlots, compress_logits
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     logits = (torch.randn(16 * 24, args.vocab, generator=generator) * 3).bfloat16()
     targets = torch.randint(0, args.vocab, (logits.shape[0],), generator=generator)
     blocked, whole = compress_logits(logits, targets), in_one_block(compress_logits, logits, targets)
-    if not all(torch.equal(getattr(blocked, n), getattr(whole, n)) for n in ("values", "counts", "target_value", "target_slot")):
+    if not all(torch.equal(getattr(blocked, f.name), getattr(whole, f.name)) for f in fields(LogitSlots)):
         raise SystemExit("compress_logits gave other slots in blocks than at once")
     cache = median_ratio(lambda: in_one_block(compress_logits, logits, targets), lambda: compress_logits(logits, targets), args.repeats)
 

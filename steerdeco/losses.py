@@ -12,7 +12,7 @@ Shapes: ``N`` positions (flattened batch x time), ``V`` vocabulary, ``M`` slots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -95,7 +95,7 @@ def compress_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 25
     if blocks is None:
         return _compress_block(logits, targets, top_k, num_bins)
     parts = [_compress_block(logits[rows], targets[rows], top_k, num_bins) for rows in blocks]
-    return LogitSlots(*(torch.cat([getattr(p, name) for p in parts]) for name in ("values", "counts", "target_value", "target_slot")))
+    return LogitSlots(*(torch.cat([getattr(p, field.name) for p in parts]) for field in fields(LogitSlots)))
 
 
 def _compress_block(logits: torch.Tensor, targets: torch.Tensor, top_k: int, num_bins: int) -> LogitSlots:

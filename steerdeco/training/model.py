@@ -239,7 +239,7 @@ class SteeringModel(nn.Module):
         padded = torch.zeros(mask.shape, dtype=temperature.dtype, device=temperature.device)
         anchor_t = anchor_p = None
         if self.anchor is not None:
-            keys = None if hidden is None or cache_rows is None else [int(r) for r in cache_rows.tolist()]
+            keys = None if hidden is None or cache_rows is None else cache_rows.tolist()
             anchor_t, anchor_p = self._anchor_values(flat_hidden, slots, flat_context, context_rows, prompt_states,
                                                      prompt_mask, rows, keys)
             anchor_t = padded.masked_scatter(mask, anchor_t.to(padded.dtype))
