@@ -2,9 +2,8 @@
 
 Steering training must leave a prompt without a command as it was. "As it was" is the decoding the
 same pipeline gives without the steering terms: *reference heads*, trained on the same data with
-AutoDeco's terms alone (``python -m steerdeco.train ... --temperature_ranking_weight 0
---top_p_ranking_weight 0 --temperature_ratio_weight 0 --placebo_weight 0 --absolute_weight 0
---top_p_absolute_weight 0``; the demo trains them next to its heads). On the analysed prompts'
+AutoDeco's terms alone (every weight of ``steerdeco.training.objective.STEERING_WEIGHT_FIELDS`` at 0, as
+in the header of ``configs/demo.yaml``; the demo trains them next to its heads). On the analysed prompts'
 no-command rows, :func:`reference_guard` compares:
 
 * teacher-forced response-mean T and P: the median over prompts of ``log(heads / reference)``, with

@@ -245,14 +245,21 @@ def relative_target_loss(
     return per_row[valid].mean()
 
 
-def level_offsets(levels: torch.Tensor, low_ratios, high_ratios) -> torch.Tensor:
-    """``[R]`` log ratio each row's level asks for: low k -> ``log(low_ratios[k-1])``, high k ->
-    ``log(high_ratios[k-1])``; NaN for no-command, placebo and named rows and for levels beyond the lists.
+def level_offsets(levels: torch.Tensor, low_offsets, high_offsets) -> torch.Tensor:
+    """``[R]`` offset each row's level asks for: low k -> ``low_offsets[k-1]``, high k ->
+    ``high_offsets[k-1]``; NaN for no-command, placebo and named rows and for levels beyond the lists.
+    For T ratios pass their logs (:func:`level_log_ratios`).
 
     levels: ``[R]`` signed levels (:func:`steerdeco.rows.signed_level`).
     """
     offsets = torch.full(levels.shape, math.nan, dtype=torch.float32, device=levels.device)
-    for sign, ratios in ((-1, low_ratios), (1, high_ratios)):
-        for k, ratio in enumerate(ratios, 1):
-            offsets[levels == sign * k] = math.log(ratio)
+    for sign, values in ((-1, low_offsets), (1, high_offsets)):
+        for k, value in enumerate(values, 1):
+            offsets[levels == sign * k] = float(value)
     return offsets
+
+
+def level_log_ratios(levels: torch.Tensor, low_ratios, high_ratios) -> torch.Tensor:
+    """``[R]`` log ratio each row's level asks for: low k -> ``log(low_ratios[k-1])``, high k ->
+    ``log(high_ratios[k-1])`` (:func:`level_offsets` of the logs)."""
+    return level_offsets(levels, [math.log(r) for r in low_ratios], [math.log(r) for r in high_ratios])

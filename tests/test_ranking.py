@@ -5,6 +5,7 @@ import torch
 
 from steerdeco.ranking import (
     absolute_target_loss,
+    level_log_ratios,
     level_offsets,
     pairwise_ranking_loss,
     placebo_loss,
@@ -203,8 +204,10 @@ def test_relative_targets_are_an_exact_zero_without_offsets():
     assert values.grad is not None
 
 
-def test_level_offsets_are_log_ratios_by_signed_level():
+def test_level_offsets_by_signed_level_and_log_ratios():
     levels = torch.tensor([-3.0, -1.0, 0.0, 2.0, NAN, 4.0])
-    offsets = level_offsets(levels, [0.7, 0.4, 0.1], [1.3, 1.6, 2.0])
+    offsets = level_log_ratios(levels, [0.7, 0.4, 0.1], [1.3, 1.6, 2.0])
     expected = torch.tensor([math.log(0.1), math.log(0.7), NAN, math.log(1.6), NAN, NAN])
     torch.testing.assert_close(offsets, expected, equal_nan=True)
+    steps = level_offsets(levels, [-0.4, -0.8, -1.2], [0.6, 1.2, 1.8])
+    torch.testing.assert_close(steps, torch.tensor([-1.2, -0.4, NAN, 1.2, NAN, NAN]), equal_nan=True)

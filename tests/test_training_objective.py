@@ -117,6 +117,7 @@ MOVES = {
     "placebo_temperature_loss": (lambda t, p, b: abs(distance_to_none(t, b, "placebo")), "down"),
     "placebo_top_p_loss": (lambda t, p, b: abs(distance_to_none(p, b, "placebo")), "down"),
     "ratio_temperature_loss": (lambda t, p, b: distance_to_none(t, b, "low", log=True), "down"),
+    "level_top_p_loss": (lambda t, p, b: commanded_gap(p, b, "high", "low"), "up"),
     "absolute_temperature_loss": (lambda t, p, b: target_error(t, b["target_temperature"], log=True), "down"),
     # t is each row's response-mean T: this term moves exactly that toward the named value
     "absolute_mean_temperature_loss": (lambda t, p, b: target_error(t, b["target_temperature"], log=True), "down"),
@@ -166,6 +167,13 @@ def test_objective_is_built_once_from_the_config_with_the_autodeco_weights(tmp_p
     assert "ratio_temperature_loss" not in objective.weights and "lm_loss" not in objective.weights  # weight 0 / head_only
     lora = SteeringObjective.from_config(config(tmp_path, training_mode="lora_joint", lm_loss_weight=0.5))
     assert lora.weights["lm_loss"] == 0.5
+    assert "level_top_p_loss" not in objective.weights  # weight 0 by default
+    levelled = SteeringObjective.from_config(config(tmp_path, top_p_level_weight=2.0, high_top_p_offsets=[0.5, 1.0]))
+    assert levelled.weights["level_top_p_loss"] == 2.0 and levelled.high_top_p_offsets == [0.5, 1.0]
+    with pytest.raises(ValueError, match="needs low_top_p_offsets and high_top_p_offsets"):
+        SteeringObjective({"level_top_p_loss": 1.0}, args.autodeco_loss_config(), autodeco_rows="all", temperature_margin=0.1,
+                          top_p_margin=0.1, ranking_space="log", ranking_reduction="token", low_temperature_ratios=[0.5],
+                          high_temperature_ratios=[2.0], absolute_temperature_floor=0.05)
     with pytest.raises(ValueError, match="unknown loss terms"):
         SteeringObjective({"entropy_loss": 1.0}, args.autodeco_loss_config(), autodeco_rows="all", temperature_margin=0.1,
                           top_p_margin=0.1, ranking_space="log", ranking_reduction="token", low_temperature_ratios=[0.5],

@@ -7,6 +7,7 @@ The objective is a weighted sum of named terms (:data:`LOSS_TERMS`, like trl's `
     + temperature_ranking_weight * rank_T + top_p_ranking_weight * rank_P
     + placebo_weight * (placebo_T + placebo_P)
     + temperature_ratio_weight * ratio_T            (commanded rows: log T_cmd = log T_none + log ratio(level))
+    + top_p_level_weight * level_P                  (commanded rows: logit P_cmd = logit P_none + offset(level))
     + absolute_weight * absolute_T                  (rows naming a temperature X: log T toward log max(X, floor))
     + absolute_mean_weight * absolute_mean_T        (the same rows: log of the response-mean T toward it)
     + top_p_absolute_weight * absolute_P            (rows naming a top-p X: P toward X)
@@ -40,6 +41,7 @@ from ..losses import AutoDecoLossConfig, autodeco_losses
 from ..ranking import (
     REDUCTIONS,
     absolute_target_loss,
+    level_log_ratios,
     level_offsets,
     pairwise_ranking_loss,
     placebo_loss,
@@ -58,6 +60,7 @@ LOSS_TERMS = (
     "placebo_temperature_loss",
     "placebo_top_p_loss",
     "ratio_temperature_loss",
+    "level_top_p_loss",
     "absolute_temperature_loss",
     "absolute_mean_temperature_loss",
     "absolute_top_p_loss",
@@ -74,6 +77,7 @@ STEERING_WEIGHT_FIELDS = (
     "absolute_weight",
     "absolute_mean_weight",
     "temperature_ratio_weight",
+    "top_p_level_weight",
     "top_p_absolute_weight",
     "named_gate_weight",
     "steering_level_weight",
@@ -158,6 +162,24 @@ class ObjectiveArguments:
     high_temperature_ratios: list[float] = field(
         default_factory=lambda: [1.4, 1.9, 2.6],
         metadata={"help": "T ratio asked of high levels 1, 2, 3, ... by the level-ratio term."},
+    )
+    top_p_level_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the top-p level term: every low/high row's logit P is regressed toward its group's "
+            "no-command logit P plus the offset of its level (low_top_p_offsets / high_top_p_offsets), token by token. "
+            "Sizes the top-p steps, which the ranking only bounds from below: P has less room above the no-command P "
+            "than below it, so without this a high command read as low moves P further down than a high one read "
+            "right moves it up. 0: off (ranking only)."
+        },
+    )
+    low_top_p_offsets: list[float] = field(
+        default_factory=lambda: [-0.4, -0.8, -1.2],
+        metadata={"help": "Offset in logit P (command minus no command) asked of low levels 1, 2, 3, ... by the top-p level term."},
+    )
+    high_top_p_offsets: list[float] = field(
+        default_factory=lambda: [0.6, 1.2, 1.8],
+        metadata={"help": "Offset in logit P asked of high levels 1, 2, 3, ... by the top-p level term."},
     )
     placebo_weight: float = field(
         default=0.1,
@@ -247,6 +269,13 @@ class ObjectiveArguments:
                 f"low_temperature_ratios must be < 1 and high_temperature_ratios > 1, got {self.low_temperature_ratios} "
                 f"and {self.high_temperature_ratios}"
             )
+        for name, sign in (("low_top_p_offsets", -1), ("high_top_p_offsets", 1)):
+            offsets = getattr(self, name)
+            if not offsets or not all(isinstance(o, int | float) and math.isfinite(o) and o * sign > 0 for o in offsets):
+                raise ValueError(
+                    f"{name} must be a non-empty list of {'negative' if sign < 0 else 'positive'} numbers "
+                    f"(steps in logit P), got {offsets!r}"
+                )
         if not self.absolute_temperature_floor > 0:
             raise ValueError(f"absolute_temperature_floor must be > 0, got {self.absolute_temperature_floor}")
         try:
@@ -268,6 +297,8 @@ class SteeringObjective:
         ranking_reduction: ``"token"`` or ``"sequence"``; also used by the placebo and target terms.
         low_temperature_ratios, high_temperature_ratios: T ratio asked of levels 1, 2, 3, ... by the
             level-ratio term.
+        low_top_p_offsets, high_top_p_offsets: step in logit P asked of levels 1, 2, 3, ... by the top-p
+            level term (default: none; the term then needs them).
         absolute_temperature_floor: named temperatures below it are asked as it, in log space.
     """
 
@@ -284,6 +315,8 @@ class SteeringObjective:
         low_temperature_ratios: Sequence[float],
         high_temperature_ratios: Sequence[float],
         absolute_temperature_floor: float,
+        low_top_p_offsets: Sequence[float] = (),
+        high_top_p_offsets: Sequence[float] = (),
     ):
         unknown = sorted(set(weights) - set(LOSS_TERMS))
         if unknown:
@@ -297,6 +330,10 @@ class SteeringObjective:
         self.low_temperature_ratios = list(low_temperature_ratios)
         self.high_temperature_ratios = list(high_temperature_ratios)
         self.absolute_temperature_floor = absolute_temperature_floor
+        self.low_top_p_offsets = list(low_top_p_offsets)
+        self.high_top_p_offsets = list(high_top_p_offsets)
+        if "level_top_p_loss" in self.weights and not (self.low_top_p_offsets and self.high_top_p_offsets):
+            raise ValueError("the level_top_p_loss term needs low_top_p_offsets and high_top_p_offsets")
 
     @classmethod
     def from_config(cls, args) -> SteeringObjective:
@@ -314,6 +351,7 @@ class SteeringObjective:
             "placebo_temperature_loss": args.placebo_weight if train_t else None,
             "placebo_top_p_loss": args.placebo_weight if train_p else None,
             "ratio_temperature_loss": args.temperature_ratio_weight if train_t and args.temperature_ratio_weight else None,
+            "level_top_p_loss": args.top_p_level_weight if train_p and args.top_p_level_weight else None,
             "absolute_temperature_loss": args.absolute_weight if train_t else None,
             "absolute_mean_temperature_loss": args.absolute_mean_weight if train_t and args.absolute_mean_weight else None,
             "absolute_top_p_loss": args.top_p_absolute_weight if train_p and args.top_p_absolute_weight else None,
@@ -335,6 +373,8 @@ class SteeringObjective:
             low_temperature_ratios=args.low_temperature_ratios,
             high_temperature_ratios=args.high_temperature_ratios,
             absolute_temperature_floor=args.absolute_temperature_floor,
+            low_top_p_offsets=args.low_top_p_offsets,
+            high_top_p_offsets=args.high_top_p_offsets,
         )
 
     def _ranked(self, quantity: str, values: torch.Tensor, log_t: torch.Tensor) -> torch.Tensor:
@@ -420,8 +460,12 @@ class SteeringObjective:
             if f"placebo_{quantity}_loss" in weights:
                 terms[f"placebo_{quantity}_loss"] = placebo_loss(values, mask, groups, is_placebo, is_none, reduction=reduction)
         if "ratio_temperature_loss" in weights:
-            offsets = level_offsets(levels, self.low_temperature_ratios, self.high_temperature_ratios)
+            offsets = level_log_ratios(levels, self.low_temperature_ratios, self.high_temperature_ratios)
             terms["ratio_temperature_loss"] = relative_target_loss(log_t, mask, groups, is_none, offsets, reduction=reduction)
+        if "level_top_p_loss" in weights:
+            offsets = level_offsets(levels, self.low_top_p_offsets, self.high_top_p_offsets)
+            terms["level_top_p_loss"] = relative_target_loss(
+                torch.logit(top_p, eps=1e-4), mask, groups, is_none, offsets, reduction=reduction)
         if "absolute_temperature_loss" in weights or "absolute_mean_temperature_loss" in weights:
             named_log_t = inputs["target_temperature"].clamp_min(self.absolute_temperature_floor).log()
         if "absolute_temperature_loss" in weights:
