@@ -113,6 +113,22 @@ class HeadsConfig:
             "(steerdeco.numbers.number_token_table; the trainer fills it in)."
         },
     )
+    negation_scope: bool = field(
+        default=False,
+        metadata={
+            "help": "With steering_levels: read the words a negation governs mirrored ('Don't play it safe': the "
+            "level the steering path reads from 'play it safe' is turned around, low k <-> high k; "
+            "steerdeco.negation). The pooling leaves the negators themselves out. Off: a negation is a word like "
+            "any other."
+        },
+    )
+    negation_tokens: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "help": "With negation_scope: {token id: role} of the base tokenizer's negator and clause-break tokens "
+            "(steerdeco.negation.negation_token_table; the trainer fills it in)."
+        },
+    )
     base_model: str | None = field(default=None, metadata={"help": "Name or path of the base model."})
     base_model_fingerprint: str | None = field(
         default=None,
@@ -167,6 +183,14 @@ class HeadsConfig:
                                                     for k, v in tokens.items())
         ):
             raise ValueError("number_tokens must map token ids (strings of digits) to their text")
+        if self.negation_scope and not self.steering_levels:
+            raise ValueError("negation_scope needs steering_levels > 0: it turns the level a negated word reads around")
+        negations = self.negation_tokens
+        if negations is not None and (
+            not isinstance(negations, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                                                       for k, v in negations.items())
+        ):
+            raise ValueError("negation_tokens must map token ids (strings of digits) to their role")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"heads format_version {self.format_version} is not supported by this steerdeco "

@@ -177,7 +177,7 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
     record = _StepRecord()
     pool = heads_model.heads.prompt_pool is not None
     use_context = heads_model.heads_config.context_features and not pool
-    named = heads_model.heads.named_paths is not None
+    reads_ids = pool and heads_model.heads.reads_prompt_ids  # named values, negation scopes
 
     prefill_ids: list[torch.Tensor | None] = []
 
@@ -194,10 +194,11 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
         else:
             mask = attention_mask[:, : states.shape[1]]
         ids = None
-        if named:
+        if reads_ids:
             ids = prefill_ids[0] if prefill_ids else None
             if ids is None:
-                raise ValueError("heads with named_values read the prompt's token ids: generate from input_ids, not inputs_embeds")
+                raise ValueError("heads with named_values or negation_scope read the prompt's token ids: generate from "
+                                 "input_ids, not inputs_embeds")
         with torch.no_grad():
             record.context = heads_model.heads.pool_prompt(states, mask, ids)
 
@@ -228,7 +229,7 @@ def dynamic_decoding(heads_model) -> Iterator[_StepRecord]:
             stack.enter_context(on_decoder_output(heads_model.base_model, track_context))
         if pool:
             layer = heads_model.heads_config.context_layer
-            if named:
+            if reads_ids:
                 stack.enter_context(on_decoder_input_ids(heads_model.base_model, keep_prefill_ids))
             stack.enter_context(on_context_states(heads_model.base_model, layer, pool_prompt))
         stack.enter_context(contiguous_lm_head_input(heads_model.base_model))

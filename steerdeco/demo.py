@@ -196,7 +196,7 @@ def training_config(args: argparse.Namespace, data: Path, folder: Path, referenc
     ]  # fmt: skip
     if reference:  # AutoDeco's heads alone: no steering term, and no named-value or level paths to steer with
         argv += [value for name in STEERING_WEIGHT_FIELDS for value in (f"--{name}", "0")]
-        argv += ["--heads_named_values", "false", "--heads_steering_levels", "0"]
+        argv += ["--heads_named_values", "false", "--heads_steering_levels", "0", "--heads_negation_scope", "false"]
     if anchor is not None:
         argv += ["--anchor_heads", str(anchor)]
     (config,) = train_parser().parse_args_and_config(args=argv)

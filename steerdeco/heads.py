@@ -27,6 +27,14 @@ trains the logits to name each row's level, so a new wording is classified rathe
 as "very low" with some doubt it still gets most of that level's offset, where an offset regressed
 directly comes out near the mean of the levels it might be.
 
+With ``negation_scope`` (and levels) the pooling also splits the prompt into the words a negation governs,
+those an absence governs ("no", "nothing", "without") and the rest (:mod:`steerdeco.negation`; the
+negators themselves are left out): each steering path reads a level from each part, turns the level
+read under a negation around (low k <-> high k), moves the level read under an absence to the far end
+of the other side (any high level -> low 3, any low level -> high 3), and mixes the three by the
+pooling's weight on each. "Don't play it safe." then reads as the opposite of "play it safe", and
+"Leave nothing to chance." as none of what "chance" asks for, without negated commands to learn from.
+
 With ``named_values`` each head also reads the value a command names ("temperature 0.3", "top-p 90%"):
 the prompt's written numbers come in as token features (:mod:`steerdeco.numbers`), and per head a
 :class:`NamedValuePath` attends over the number positions (which number is the named one) and gates
@@ -50,6 +58,7 @@ from torch import nn
 
 from .blocks import row_blocks
 from .config import HeadsConfig
+from .negation import NegationReader
 from .numbers import NUMBER_FEATURES, NumberReader
 
 NUM_PROBABILITY_FEATURES = 4
@@ -57,6 +66,10 @@ MIN_TEMPERATURE = 1e-4  # lower clamp on T, so logits / T stays finite
 INITIAL_TOP_P = 0.9
 #: With named_values the pooled context ends in these four per-reply numbers, after the ``hidden_size`` pooled features.
 NAMED_SLOTS = ("temperature_value", "temperature_gate", "top_p_value", "top_p_gate")
+#: With negation_scope the context ends in ``3 * hidden_size + 2`` more features per reply (after the named slots):
+#: the pooled states outside any negation, under a negation and under an absence (each a weighted mean of its
+#: positions), then the pooling's weight under a negation and under an absence (steerdeco.negation).
+MIRROR_PARTS = ("outside", "negated", "absent", "negated_weight", "absent_weight")
 #: What a named value is clamped to before the head is pulled toward it (None: the head's max_temperature). A named
 #: temperature below 0.05 reads as 0.05, the objective's absolute_temperature_floor (decoding takes it as greedy).
 NAMED_VALUE_RANGE = {"temperature": (0.05, None), "top_p": (0.01, 0.99)}
@@ -194,13 +207,24 @@ class PromptAttentionPool(nn.Module):
         """``LN(h)`` in the pool's dtype, before any dropout (what :class:`NamedValuePath` reads too)."""
         return self.norm(states.to(self.score[0].weight.dtype))
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor, normed: torch.Tensor | None = None) -> torch.Tensor:
-        """``normed``: :meth:`normalize` of ``states`` when the caller has it already."""
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, normed: torch.Tensor | None = None,
+                parts: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """``normed``: :meth:`normalize` of ``states`` when the caller has it already. ``parts``: K disjoint
+        ``[B, P]`` bool masks (the negated and the absent words of :mod:`steerdeco.negation`); then
+        ``[B, (K + 1) H + K]``: the pooled states of the positions in no part and of each part, each
+        renormalised to a weighted mean, then the pooling's weight on each part."""
         normed = self.dropout(self.normalize(states) if normed is None else normed)
         keep = mask.bool()
         scores = self.score(normed).squeeze(-1).masked_fill(~keep, float("-inf"))
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an all-masked row: zeros
-        return torch.einsum("bp,bph->bh", weights, normed)
+        if parts is None:
+            return torch.einsum("bp,bph->bh", weights, normed)
+        part_weights = [weights * part.to(weights.dtype) for part in parts]
+        rest = weights - sum(part_weights)
+        shares = [w.sum(-1, keepdim=True) for w in part_weights]
+        means = [torch.einsum("bp,bph->bh", w, normed) / share.clamp_min(1e-6)
+                 for w, share in zip([rest, *part_weights], [1 - sum(shares), *shares], strict=True)]
+        return torch.cat([*means, *shares], dim=-1)
 
 
 class NamedValuePath(nn.Module):
@@ -281,18 +305,37 @@ class SteeringPath(nn.Module):
     def _outputs(self, context: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm(context.to(self.mlp[0].weight.dtype)))
 
-    def level_logits(self, context: torch.Tensor) -> torch.Tensor:
-        """``[..., 2N + 1]`` the level logits of a path with ``levels``."""
+    def _mirrored(self, mirror: torch.Tensor) -> torch.Tensor:
+        """``[..., 2N + 1]`` level probabilities of a context read with its negations (``mirror [..., 3H + 2]``,
+        :data:`MIRROR_PARTS`): the words outside any negation read as they are, the negated ones with their
+        levels turned around (low k <-> high k), the absent ones moved to the far end of the other side (the
+        mass on the high levels to low N, on the low levels to high N), mixed by the pooling's weight on each."""
+        hidden = (mirror.shape[-1] - 2) // 3
+        levels = [self._outputs(mirror[..., k * hidden : (k + 1) * hidden])[..., : self.levels].softmax(-1)
+                  for k in range(3)]
+        negated_weight, absent_weight = mirror[..., -2:-1].to(levels[0].dtype), mirror[..., -1:].to(levels[0].dtype)
+        absent, n = levels[2], self.levels // 2
+        far_end = torch.cat([absent[..., n + 1 :].sum(-1, keepdim=True), absent.new_zeros(*absent.shape[:-1], n - 1),
+                             absent[..., n : n + 1], absent.new_zeros(*absent.shape[:-1], n - 1),
+                             absent[..., :n].sum(-1, keepdim=True)], dim=-1)
+        return ((1 - negated_weight - absent_weight) * levels[0] + negated_weight * levels[1].flip(-1)
+                + absent_weight * far_end)
+
+    def level_logits(self, context: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., 2N + 1]`` the level logits of a path with ``levels`` (with ``mirror``: log-probabilities)."""
         if not self.levels:
             raise ValueError("this steering path reads no levels (steering_levels=0)")
+        if mirror is not None:
+            return self._mirrored(mirror).clamp_min(1e-12).log()
         return self._outputs(context)[..., : self.levels]
 
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
         out = self._outputs(context)
         if not self.levels:
             return out.squeeze(-1)
         logits, offsets = out.split(self.levels, dim=-1)
-        return (logits.softmax(-1) * offsets).sum(-1)
+        probabilities = logits.softmax(-1) if mirror is None else self._mirrored(mirror)
+        return (probabilities * offsets).sum(-1)
 
 
 def level_classes(signed_levels: torch.Tensor, levels: int) -> torch.Tensor:
@@ -333,10 +376,11 @@ class TemperatureHead(nn.Module):
         context: torch.Tensor | None = None,
         named: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
+        mirror: torch.Tensor | None = None,
     ) -> torch.Tensor:
         logit = self.mlp(_head_input(hidden, _per_token(context, rows), self.use_context)).squeeze(-1)
         if self.steering is not None:
-            logit = logit + _per_token(self.steering(context), rows)
+            logit = logit + _per_token(self.steering(context, mirror), rows)
         named = _per_token(named, rows)
         if named is None:
             return (self.max_temperature * torch.sigmoid(logit)).clamp_min(MIN_TEMPERATURE)
@@ -367,6 +411,7 @@ class TopPHead(nn.Module):
         context: torch.Tensor | None = None,
         named: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
+        mirror: torch.Tensor | None = None,
     ) -> torch.Tensor:
         parts = [_head_input(hidden, _per_token(context, rows), self.use_context), temperature.detach().unsqueeze(-1)]
         if self.use_features:
@@ -375,7 +420,7 @@ class TopPHead(nn.Module):
             parts.append(features.detach())
         logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
         if self.steering is not None:
-            logit = logit + _per_token(self.steering(context), rows)
+            logit = logit + _per_token(self.steering(context, mirror), rows)
         return torch.sigmoid(_toward_named(logit, _per_token(named, rows), "top_p", 1.0))
 
 
@@ -406,6 +451,8 @@ class AutoDecoHeads(nn.Module):
             else None
         )
         self.number_reader = NumberReader(config.number_tokens) if config.named_values and config.number_tokens else None
+        self.negation_reader = (NegationReader(config.negation_tokens)
+                                if config.negation_scope and config.negation_tokens else None)
 
     @property
     def named_paths(self) -> dict[str, NamedValuePath] | None:
@@ -414,43 +461,80 @@ class AutoDecoHeads(nn.Module):
             return None
         return {"temperature": self.temperature_head.named, "top_p": self.top_p_head.named}
 
+    @property
+    def reads_prompt_ids(self) -> bool:
+        """Whether :meth:`pool_prompt` reads the prompt's token ids (named values, negation scopes)."""
+        return bool(self.config.named_values or self.config.negation_scope)
+
     def pool_prompt(self, states: torch.Tensor, mask: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The context of heads with ``prompt_attention``: prompt states ``[B, P, H]``, mask ``[B, P]`` -> ``[B, H]``.
 
         With ``named_values`` the prompt's token ids ``input_ids [B, P]`` are read too and the context is
         ``[B, H + 4]``: the pooled states, then the :data:`NAMED_SLOTS` (each head's named value and gate logit).
+        With ``negation_scope`` the ids are read for negations and ``3H + 2`` features follow (:data:`MIRROR_PARTS`;
+        the pooling leaves the negators out).
         """
         if self.prompt_pool is None:
             raise ValueError("these heads do not pool the prompt (context_pooling is not 'prompt_attention')")
-        normed = self.prompt_pool.normalize(states)
-        pooled = self.prompt_pool(states, mask, normed)
-        if self.named_paths is None:
-            return pooled
-        if self.number_reader is None:
-            raise ValueError("these heads read named values but their config has no number_tokens table "
-                             "(steerdeco.numbers.number_token_table of the base model's tokenizer)")
-        if input_ids is None or input_ids.shape != mask.shape:
+        if self.reads_prompt_ids and (input_ids is None or input_ids.shape != mask.shape):
             got = None if input_ids is None else tuple(input_ids.shape)
-            raise ValueError(f"heads with named_values read the prompt's token ids: need input_ids {tuple(mask.shape)}, got {got}")
-        numbers = self.number_reader(input_ids, mask).to(pooled.device)
-        paths = self.named_paths
-        named = [part for quantity in ("temperature", "top_p") for part in paths[quantity](normed, mask, numbers, pooled)]
-        return torch.cat([pooled, torch.stack(named, dim=-1)], dim=-1)
+            raise ValueError(f"heads with named_values or negation_scope read the prompt's token ids: need input_ids "
+                             f"{tuple(mask.shape)}, got {got}")
+        normed = self.prompt_pool.normalize(states)
+        mirror = None
+        if self.config.negation_scope:
+            if self.negation_reader is None:
+                raise ValueError("these heads read negations but their config has no negation_tokens table "
+                                 "(steerdeco.negation.negation_token_table of the base model's tokenizer)")
+            negators, *parts = (flags.to(mask.device) for flags in self.negation_reader(input_ids, mask))
+            mirror = self.prompt_pool(states, mask.bool() & ~negators, normed, tuple(parts))
+            hidden = self.config.hidden_size
+            shares = mirror[:, -2:]
+            pooled = (1 - shares.sum(-1, keepdim=True)) * mirror[:, :hidden]  # every word, as one pooling
+            for k in range(2):
+                pooled = pooled + shares[:, k : k + 1] * mirror[:, (k + 1) * hidden : (k + 2) * hidden]
+        else:
+            pooled = self.prompt_pool(states, mask, normed)
+        parts = [pooled]
+        if self.named_paths is not None:
+            if self.number_reader is None:
+                raise ValueError("these heads read named values but their config has no number_tokens table "
+                                 "(steerdeco.numbers.number_token_table of the base model's tokenizer)")
+            numbers = self.number_reader(input_ids, mask).to(pooled.device)
+            paths = self.named_paths
+            parts.append(torch.stack([part for quantity in ("temperature", "top_p")
+                                      for part in paths[quantity](normed, mask, numbers, pooled)], dim=-1))
+        if mirror is not None:
+            parts.append(mirror)
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else pooled
+
+    def split_context(
+        self, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(pooled [..., H], named [..., 4] or None, mirror [..., 3H + 2] or None)`` of a context from
+        :meth:`pool_prompt` (the context as it is, and Nones, for heads that pool no prompt)."""
+        if context is None or self.prompt_pool is None:
+            return context, None, None
+        hidden = self.config.hidden_size
+        named, end = None, hidden
+        if self.named_paths is not None:
+            named, end = context[..., hidden : hidden + len(NAMED_SLOTS)], hidden + len(NAMED_SLOTS)
+        mirror = context[..., end:] if self.config.negation_scope else None
+        return context[..., :hidden], named, mirror
 
     def split_named(self, context: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(pooled [..., H], named [..., 4] or None)`` of a context from :meth:`pool_prompt`."""
-        if context is None or self.named_paths is None:
-            return context, None
-        return context[..., : self.config.hidden_size], context[..., self.config.hidden_size :]
+        pooled, named, _ = self.split_context(context)
+        return pooled, named
 
     def level_logits(self, context: torch.Tensor) -> torch.Tensor:
         """``[R, 2, 2N + 1]`` each reply's level logits of the temperature and the top-p steering path, from
         the pooled context ``[R, C]`` of :meth:`pool_prompt` (heads with ``steering_levels`` N > 0)."""
         if not self.config.steering_levels:
             raise ValueError("level_logits needs heads with steering_levels > 0")
-        context = self.split_named(context)[0]
-        return torch.stack([self.temperature_head.steering.level_logits(context),
-                            self.top_p_head.steering.level_logits(context)], dim=-2)
+        context, _, mirror = self.split_context(context)
+        return torch.stack([self.temperature_head.steering.level_logits(context, mirror),
+                            self.top_p_head.steering.level_logits(context, mirror)], dim=-2)
 
     @torch.no_grad()
     def fit_context_normalization(self, contexts: torch.Tensor, min_scale: float = 1e-3) -> None:
@@ -477,8 +561,8 @@ class AutoDecoHeads(nn.Module):
         hidden = hidden.to(self.temperature_head.mlp[0].weight.dtype)  # _head_input casts the context to it
         if context is not None and self.standardize_context:
             context = (context.to(self.context_shift.dtype) - self.context_shift) / self.context_scale
-        context, named = self.split_named(context)
-        temperature = self.temperature_head(hidden, context, named, rows)
+        context, named, mirror = self.split_context(context)
+        temperature = self.temperature_head(hidden, context, named, rows, mirror)
         features = None
         if self.top_p_head.use_features:
             if logits is None:
@@ -487,5 +571,5 @@ class AutoDecoHeads(nn.Module):
                 features = probability_features(
                     logits.float(), temperature.detach().float(), None if counts is None else counts.float()
                 ).to(hidden.dtype)
-        top_p = self.top_p_head(hidden, temperature.detach(), features, context, named, rows)
+        top_p = self.top_p_head(hidden, temperature.detach(), features, context, named, rows, mirror)
         return temperature, top_p

@@ -254,7 +254,7 @@ class AutoDecoModel(nn.Module):
             states = prompt_states[-1]
             mask = prompt_mask if prompt_mask is not None else attention_mask
             mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask
-            ids = None if input_ids is None else input_ids[:, -states.shape[1] :]  # heads with named_values read them
+            ids = None if input_ids is None else input_ids[:, -states.shape[1] :]  # heads with named_values or negation_scope read them
             pooled = self.heads.pool_prompt(states, mask[:, -states.shape[1] :], ids)
             context = pooled.unsqueeze(1).expand(-1, hidden.shape[1], -1)
         elif self.heads_config.context_features:

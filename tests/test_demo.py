@@ -84,6 +84,7 @@ def test_reference_heads_train_the_same_config_with_every_steering_term_off(tmp_
     assert reference.heads_context_layer == steered.heads_context_layer  # same heads, same backbone cache
     assert not reference.heads_named_values  # AutoDeco alone: no path that reads named values
     assert reference.heads_steering_levels == 0 and steered.heads_steering_levels > 0  # ... nor levels
+    assert not reference.heads_negation_scope and steered.heads_negation_scope  # ... nor negations to turn levels
     anchored = demo.training_config(args, tmp_path / "data", tmp_path / "run", anchor=tmp_path / "run" / "reference")
     assert anchored.anchor_heads == str(tmp_path / "run" / "reference") and steered.anchor_heads is None
     assert anchored.output_dir == steered.output_dir and anchored.anchor_weight > 0

@@ -17,12 +17,16 @@ from steerdeco.training.synthetic import synthetic_control_rows
 POOLED = {"heads_steering_width": 8, "heads_context_pooling": "prompt_attention", "heads_context_layer": 1}
 
 
-@pytest.mark.parametrize("heads", [{}, POOLED, {**POOLED, "heads_named_values": True, "heads_steering_levels": 3}],
-                         ids=["running-mean", "prompt-attention", "named-values-and-levels"])
+@pytest.mark.parametrize("heads", [{}, POOLED, {**POOLED, "heads_named_values": True, "heads_steering_levels": 3},
+                                   {**POOLED, "heads_named_values": True, "heads_steering_levels": 3, "heads_negation_scope": True}],
+                         ids=["running-mean", "prompt-attention", "named-values-and-levels", "negation-scope"])
 def test_cache_and_backbone_give_the_same_heads_inputs(tmp_path, train_rows, heads):
     cached = SteeringTrainer(args=config(tmp_path, **heads), train_dataset=train_rows)
     direct = SteeringTrainer(args=config(tmp_path, backbone_cache=False, **heads), train_dataset=train_rows)
     assert cached.backbone_cache is not None and direct.backbone_cache is None
+    if heads.get("heads_negation_scope"):  # the trainer gave the heads the tokenizer's negators and clause breaks
+        assert cached.autodeco_model.heads.negation_reader is not None
+        assert "break" in cached.autodeco_model.heads.config.negation_tokens.values()
     if heads.get("heads_named_values"):  # trained-looking named-value paths: their attention reads the prompt's ids
         with torch.no_grad():
             for path in cached.autodeco_model.heads.named_paths.values():

@@ -46,6 +46,7 @@ HEADS_FIELDS = {
     "pool_width": "heads_pool_width",
     "pool_dropout": "heads_pool_dropout",
     "named_values": "heads_named_values",
+    "negation_scope": "heads_negation_scope",
 }
 
 
@@ -249,6 +250,7 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
     heads_pool_width: int = _heads_field("pool_width")
     heads_pool_dropout: float = _heads_field("pool_dropout")
     heads_named_values: bool = _heads_field("named_values")
+    heads_negation_scope: bool = _heads_field("negation_scope")
     init_heads: str | None = field(
         default=None, metadata={"help": "Start from heads saved by AutoDecoModel.save_pretrained (a folder)."}
     )

@@ -23,6 +23,7 @@ from torch import nn
 from ..loading import load_base_model
 from ..losses import LogitSlots
 from ..modeling import AutoDecoModel, base_hidden_size, read_heads
+from ..negation import negation_token_table
 from ..numbers import number_token_table
 from .backbone import backbone_outputs
 from .config import SteeringConfig
@@ -74,6 +75,8 @@ def build_model(args: SteeringConfig) -> tuple[AutoDecoModel, object]:
     config = args.heads_config(base_hidden_size(base))
     if config.named_values:
         config = dataclasses.replace(config, number_tokens=number_token_table(tokenizer))
+    if config.negation_scope:
+        config = dataclasses.replace(config, negation_tokens=negation_token_table(tokenizer))
     model = AutoDecoModel(base, config, freeze_base=False)
     return prepare_model(model, args), tokenizer
 

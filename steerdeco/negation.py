@@ -1,0 +1,109 @@
+"""Which words of a prompt a negation governs, read off its tokens: "Don't play it *safe*", "nothing *predictable*".
+
+Heads with ``negation_scope`` (:class:`~steerdeco.config.HeadsConfig`) read a command's level from the
+words inside a negation's scope *turned around*: a word that reads as "less randomness" reads as "more"
+when a negation governs it, so "Avoid the obvious choices." borrows what the heads learned from "the
+obvious choices" instead of needing negated commands of its own. The heads learn words, not syntax;
+this is the syntax they get for free.
+
+A token is a *negator* ("not", "n't", "avoid", "less", "stop" ...: :data:`NEGATORS`), an *absence* ("no",
+"nothing", "without", "never" ...: :data:`ABSENCES`, a negator that says the thing is not there at all),
+a *clause break* (punctuation, a line break, a special token, or a word that starts a new clause: "but",
+"and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an odd number of negators
+and absences stand before it in its clause ("I don't want less randomness": two, so *randomness* is not),
+and *absent* when the last of them is an absence. The heads turn a negated word's level around (low k
+<-> high k: "not wildly creative" reads as the opposite of "wildly creative") and an absent word's to
+the far end ("no randomness", "leave nothing to chance": none of it, the lowest level). Reading needs
+only the text of these tokens: :func:`negation_token_table` picks them from a tokenizer once and the
+table is saved with the heads' config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+
+#: Words (lower case, whole tokens) that negate the rest of their clause.
+NEGATORS = frozenset({"not", "n't", "'t", "cannot", "avoid", "avoiding", "less", "fewer", "stop", "skip"})
+#: Negators that say the rest of their clause is not there at all.
+ABSENCES = frozenset({"no", "nothing", "none", "nobody", "nowhere", "never", "neither", "nor", "without"})
+#: Words (lower case, whole tokens) that end a clause, besides punctuation and line breaks.
+CLAUSE_WORDS = frozenset({"but", "and", "so", "instead", "however", "yet", "though", "although", "rather", "while"})
+_PUNCTUATION = re.compile(r"[.,;:!?()\[\]{}\"\n—–]")
+NEGATOR, ABSENCE, BREAK = "negator", "absence", "break"
+ROLES = (NEGATOR, ABSENCE, BREAK)
+
+
+def token_role(piece: str) -> str | None:
+    """:data:`NEGATOR`, :data:`ABSENCE`, :data:`BREAK` or None (a plain word) for one token's text."""
+    word = piece.strip().lower().replace("\u2019", "'")
+    if word in ABSENCES:
+        return ABSENCE
+    if word in NEGATORS:
+        return NEGATOR
+    if word in CLAUSE_WORDS or _PUNCTUATION.search(piece):
+        return BREAK
+    return None
+
+
+def negation_token_table(tokenizer) -> dict[str, str]:
+    """``{token id (a string, as JSON keys are): role}`` of the tokenizer's negator, absence and clause-break
+    tokens (special tokens break a clause)."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    table = {str(i): role for i, piece in enumerate(pieces) if (role := token_role(piece))}
+    for i in getattr(tokenizer, "all_special_ids", []):
+        table[str(i)] = BREAK
+    return table
+
+
+class NegationReader:
+    """Each prompt token's part in a negation, from a :func:`negation_token_table`.
+
+    ``reader(input_ids [B, P], mask [B, P] or None) -> (negators [B, P], negated [B, P], absent [B, P])``
+    bool: the negator and absence tokens, then the plain tokens inside an odd number of negations of their
+    clause, split by the last one (an absence: ``absent``, else ``negated``); False on masked positions.
+    """
+
+    def __init__(self, table: Mapping[str, str], memory: int = 65536):
+        roles = {str(v) for v in table.values()}
+        if not table or roles - set(ROLES):
+            raise ValueError(f"a negation token table maps token ids to one of {', '.join(map(repr, ROLES))}, "
+                             f"got roles {sorted(roles)}")
+        self.roles = {int(k): str(v) for k, v in table.items()}
+        self._read: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._memory = memory
+
+    def token_parts(self, ids: Sequence[int]) -> tuple[list[bool], list[bool], list[bool]]:
+        """``(negator, negated, absent)`` flags of one prompt's tokens ``ids``."""
+        negator, negated, absent, count, last = [], [], [], 0, None
+        for i in ids:
+            role = self.roles.get(int(i))
+            if role == BREAK:
+                count = 0
+            elif role is not None:
+                count, last = count + 1, role
+            inside = role is None and count % 2 == 1
+            negator.append(role in (NEGATOR, ABSENCE))
+            negated.append(inside and last == NEGATOR)
+            absent.append(inside and last == ABSENCE)
+        return negator, negated, absent
+
+    def __call__(
+        self, input_ids: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keep = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
+        keep = keep.cpu()
+        flags = torch.zeros((3, *input_ids.shape), dtype=torch.bool)  # negators, negated, absent
+        for b, ids in enumerate(input_ids.cpu()):
+            key = tuple(ids[keep[b]].tolist())
+            parts = self._read.get(key)
+            if parts is None:
+                parts = tuple(torch.tensor(part, dtype=torch.bool) for part in self.token_parts(key))
+                if len(self._read) < self._memory:
+                    self._read[key] = parts
+            for kind, part in enumerate(parts):
+                flags[kind, b, keep[b]] = part
+        negators, negated, absent = flags.to(input_ids.device)
+        return negators, negated, absent
