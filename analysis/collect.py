@@ -212,7 +212,7 @@ def cached_teacher_forced_parameters(
         context = torch.cat([p[1] for p in pieces]).to(device) if use_context else None
         if pooling:  # each row's pooled prompt, repeated along its response
             prompts = [source.prompts([row]) for source, row in chunk]
-            ids = [torch.tensor([e["input_ids"][: e["response_start"]]], device=device)  # read by named_values heads
+            ids = [torch.tensor([e["input_ids"][: e["response_start"]]], device=device)  # read by named_values and negation_scope heads
                    for e in examples[start : start + len(chunk)]]
             with torch.no_grad():
                 pooled = torch.cat([heads.pool_prompt(st.to(device), m.to(device), i)
