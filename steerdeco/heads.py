@@ -27,13 +27,11 @@ trains the logits to name each row's level, so a new wording is classified rathe
 as "very low" with some doubt it still gets most of that level's offset, where an offset regressed
 directly comes out near the mean of the levels it might be.
 
-With ``negation_scope`` (and levels) the pooling also splits the prompt into the words a negation governs,
-those an absence governs ("no", "nothing", "without") and the rest (:mod:`steerdeco.negation`; the
-negators themselves are left out): each steering path reads a level from each part, turns the level
-read under a negation around (low k <-> high k), moves the level read under an absence to the far end
-of the other side (any high level -> low 3, any low level -> high 3), and mixes the three by the
-pooling's weight on each. "Don't play it safe." then reads as the opposite of "play it safe", and
-"Leave nothing to chance." as none of what "chance" asks for, without negated commands to learn from.
+With ``negation_scope`` (and levels) the pooling also splits the prompt into the words a negation governs
+and the rest (:mod:`steerdeco.negation`; the negators themselves are left out): each steering path
+reads a level from each part, turns the level read inside a negation around (low k <-> high k) and mixes
+the two by the pooling's weight inside. "Don't play it safe." then reads as the opposite of "play it
+safe", without negated commands to learn from.
 
 With ``named_values`` each head also reads the value a command names ("temperature 0.3", "top-p 90%"):
 the prompt's written numbers come in as token features (:mod:`steerdeco.numbers`), and per head a
@@ -66,10 +64,9 @@ MIN_TEMPERATURE = 1e-4  # lower clamp on T, so logits / T stays finite
 INITIAL_TOP_P = 0.9
 #: With named_values the pooled context ends in these four per-reply numbers, after the ``hidden_size`` pooled features.
 NAMED_SLOTS = ("temperature_value", "temperature_gate", "top_p_value", "top_p_gate")
-#: With negation_scope the context ends in ``3 * hidden_size + 2`` more features per reply (after the named slots):
-#: the pooled states outside any negation, under a negation and under an absence (each a weighted mean of its
-#: positions), then the pooling's weight under a negation and under an absence (steerdeco.negation).
-MIRROR_PARTS = ("outside", "negated", "absent", "negated_weight", "absent_weight")
+#: With negation_scope the context ends in ``2 * hidden_size + 1`` more features per reply (after the named slots):
+#: the pooled states outside any negation, the pooled states inside one, and the pooling's weight inside one.
+MIRROR_PARTS = ("outside", "inside", "inside_weight")
 #: What a named value is clamped to before the head is pulled toward it (None: the head's max_temperature). A named
 #: temperature below 0.05 reads as 0.05, the objective's absolute_temperature_floor (decoding takes it as greedy).
 NAMED_VALUE_RANGE = {"temperature": (0.05, None), "top_p": (0.01, 0.99)}
@@ -208,23 +205,22 @@ class PromptAttentionPool(nn.Module):
         return self.norm(states.to(self.score[0].weight.dtype))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, normed: torch.Tensor | None = None,
-                parts: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """``normed``: :meth:`normalize` of ``states`` when the caller has it already. ``parts``: K disjoint
-        ``[B, P]`` bool masks (the negated and the absent words of :mod:`steerdeco.negation`); then
-        ``[B, (K + 1) H + K]``: the pooled states of the positions in no part and of each part, each
-        renormalised to a weighted mean, then the pooling's weight on each part."""
+                inside: torch.Tensor | None = None) -> torch.Tensor:
+        """``normed``: :meth:`normalize` of ``states`` when the caller has it already. ``inside [B, P]`` (bool):
+        positions inside a negation (:mod:`steerdeco.negation`); then ``[B, 2H + 1]``: the pooled states of the
+        positions outside and of those inside, each renormalised to a weighted mean, and the weight inside."""
         normed = self.dropout(self.normalize(states) if normed is None else normed)
         keep = mask.bool()
         scores = self.score(normed).squeeze(-1).masked_fill(~keep, float("-inf"))
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an all-masked row: zeros
-        if parts is None:
+        if inside is None:
             return torch.einsum("bp,bph->bh", weights, normed)
-        part_weights = [weights * part.to(weights.dtype) for part in parts]
-        rest = weights - sum(part_weights)
-        shares = [w.sum(-1, keepdim=True) for w in part_weights]
-        means = [torch.einsum("bp,bph->bh", w, normed) / share.clamp_min(1e-6)
-                 for w, share in zip([rest, *part_weights], [1 - sum(shares), *shares], strict=True)]
-        return torch.cat([*means, *shares], dim=-1)
+        inside_weights = weights * inside.to(weights.dtype)
+        outside_weights = weights - inside_weights
+        weight = inside_weights.sum(-1, keepdim=True)
+        outside = torch.einsum("bp,bph->bh", outside_weights, normed) / (1 - weight).clamp_min(1e-6)
+        inside_mean = torch.einsum("bp,bph->bh", inside_weights, normed) / weight.clamp_min(1e-6)
+        return torch.cat([outside, inside_mean, weight], dim=-1)
 
 
 class NamedValuePath(nn.Module):
@@ -306,20 +302,15 @@ class SteeringPath(nn.Module):
         return self.mlp(self.norm(context.to(self.mlp[0].weight.dtype)))
 
     def _mirrored(self, mirror: torch.Tensor) -> torch.Tensor:
-        """``[..., 2N + 1]`` level probabilities of a context read with its negations (``mirror [..., 3H + 2]``,
-        :data:`MIRROR_PARTS`): the words outside any negation read as they are, the negated ones with their
-        levels turned around (low k <-> high k), the absent ones moved to the far end of the other side (the
-        mass on the high levels to low N, on the low levels to high N), mixed by the pooling's weight on each."""
-        hidden = (mirror.shape[-1] - 2) // 3
-        levels = [self._outputs(mirror[..., k * hidden : (k + 1) * hidden])[..., : self.levels].softmax(-1)
-                  for k in range(3)]
-        negated_weight, absent_weight = mirror[..., -2:-1].to(levels[0].dtype), mirror[..., -1:].to(levels[0].dtype)
-        absent, n = levels[2], self.levels // 2
-        far_end = torch.cat([absent[..., n + 1 :].sum(-1, keepdim=True), absent.new_zeros(*absent.shape[:-1], n - 1),
-                             absent[..., n : n + 1], absent.new_zeros(*absent.shape[:-1], n - 1),
-                             absent[..., :n].sum(-1, keepdim=True)], dim=-1)
-        return ((1 - negated_weight - absent_weight) * levels[0] + negated_weight * levels[1].flip(-1)
-                + absent_weight * far_end)
+        """``[..., 2N + 1]`` level probabilities of a context read with its negations (``mirror [..., 2H + 1]``,
+        :data:`MIRROR_PARTS`): the words outside any negation read as they are, those inside one with their
+        levels turned around (low k <-> high k), mixed by the pooling's weight inside."""
+        hidden = (mirror.shape[-1] - 1) // 2
+        outside, inside, weight = mirror[..., :hidden], mirror[..., hidden:-1], mirror[..., -1:]
+        weight = weight.to(self.mlp[0].weight.dtype)
+        read = self._outputs(outside)[..., : self.levels].softmax(-1)
+        turned = self._outputs(inside)[..., : self.levels].softmax(-1).flip(-1)
+        return (1 - weight) * read + weight * turned
 
     def level_logits(self, context: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
         """``[..., 2N + 1]`` the level logits of a path with ``levels`` (with ``mirror``: log-probabilities)."""
@@ -471,7 +462,7 @@ class AutoDecoHeads(nn.Module):
 
         With ``named_values`` the prompt's token ids ``input_ids [B, P]`` are read too and the context is
         ``[B, H + 4]``: the pooled states, then the :data:`NAMED_SLOTS` (each head's named value and gate logit).
-        With ``negation_scope`` the ids are read for negations and ``3H + 2`` features follow (:data:`MIRROR_PARTS`;
+        With ``negation_scope`` the ids are read for negations and ``2H + 1`` features follow (:data:`MIRROR_PARTS`;
         the pooling leaves the negators out).
         """
         if self.prompt_pool is None:
@@ -486,13 +477,11 @@ class AutoDecoHeads(nn.Module):
             if self.negation_reader is None:
                 raise ValueError("these heads read negations but their config has no negation_tokens table "
                                  "(steerdeco.negation.negation_token_table of the base model's tokenizer)")
-            negators, *parts = (flags.to(mask.device) for flags in self.negation_reader(input_ids, mask))
-            mirror = self.prompt_pool(states, mask.bool() & ~negators, normed, tuple(parts))
+            negators, inside = (flags.to(mask.device) for flags in self.negation_reader(input_ids, mask))
+            mirror = self.prompt_pool(states, mask.bool() & ~negators, normed, inside)
             hidden = self.config.hidden_size
-            shares = mirror[:, -2:]
-            pooled = (1 - shares.sum(-1, keepdim=True)) * mirror[:, :hidden]  # every word, as one pooling
-            for k in range(2):
-                pooled = pooled + shares[:, k : k + 1] * mirror[:, (k + 1) * hidden : (k + 2) * hidden]
+            weight = mirror[:, -1:]
+            pooled = (1 - weight) * mirror[:, :hidden] + weight * mirror[:, hidden:-1]  # every word, as one pooling
         else:
             pooled = self.prompt_pool(states, mask, normed)
         parts = [pooled]
@@ -511,7 +500,7 @@ class AutoDecoHeads(nn.Module):
     def split_context(
         self, context: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(pooled [..., H], named [..., 4] or None, mirror [..., 3H + 2] or None)`` of a context from
+        """``(pooled [..., H], named [..., 4] or None, mirror [..., 2H + 1] or None)`` of a context from
         :meth:`pool_prompt` (the context as it is, and Nones, for heads that pool no prompt)."""
         if context is None or self.prompt_pool is None:
             return context, None, None

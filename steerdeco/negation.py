@@ -6,14 +6,11 @@ when a negation governs it, so "Avoid the obvious choices." borrows what the hea
 obvious choices" instead of needing negated commands of its own. The heads learn words, not syntax;
 this is the syntax they get for free.
 
-A token is a *negator* ("not", "n't", "avoid", "less", "stop" ...: :data:`NEGATORS`), an *absence* ("no",
-"nothing", "without", "never" ...: :data:`ABSENCES`, a negator that says the thing is not there at all),
-a *clause break* (punctuation, a line break, a special token, or a word that starts a new clause: "but",
-"and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an odd number of negators
-and absences stand before it in its clause ("I don't want less randomness": two, so *randomness* is not),
-and *absent* when the last of them is an absence. The heads turn a negated word's level around (low k
-<-> high k: "not wildly creative" reads as the opposite of "wildly creative") and an absent word's to
-the far end ("no randomness", "leave nothing to chance": none of it, the lowest level). Reading needs
+A token is a *negator* ("no", "not", "n't", "nothing", "without", "avoid", "less", "stop" ...:
+:data:`NEGATORS`), a *clause break* (punctuation, a line break, a special token, or a word that starts a
+new clause: "but", "and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an
+odd number of negators stand before it in its clause ("I don't want less randomness": two, so
+*randomness* is not). The heads turn a negated word's level around (low k <-> high k). Reading needs
 only the text of these tokens: :func:`negation_token_table` picks them from a tokenizer once and the
 table is saved with the heads' config.
 """
@@ -26,21 +23,20 @@ from collections.abc import Mapping, Sequence
 import torch
 
 #: Words (lower case, whole tokens) that negate the rest of their clause.
-NEGATORS = frozenset({"not", "n't", "'t", "cannot", "avoid", "avoiding", "less", "fewer", "stop", "skip"})
-#: Negators that say the rest of their clause is not there at all.
-ABSENCES = frozenset({"no", "nothing", "none", "nobody", "nowhere", "never", "neither", "nor", "without"})
+NEGATORS = frozenset({
+    "no", "not", "n't", "'t", "never", "nothing", "none", "nobody", "nowhere", "neither", "nor", "without",
+    "cannot", "avoid", "avoiding", "less", "fewer", "stop", "skip",
+})
 #: Words (lower case, whole tokens) that end a clause, besides punctuation and line breaks.
 CLAUSE_WORDS = frozenset({"but", "and", "so", "instead", "however", "yet", "though", "although", "rather", "while"})
 _PUNCTUATION = re.compile(r"[.,;:!?()\[\]{}\"\n—–]")
-NEGATOR, ABSENCE, BREAK = "negator", "absence", "break"
-ROLES = (NEGATOR, ABSENCE, BREAK)
+NEGATOR, BREAK = "negator", "break"
+ROLES = (NEGATOR, BREAK)
 
 
 def token_role(piece: str) -> str | None:
-    """:data:`NEGATOR`, :data:`ABSENCE`, :data:`BREAK` or None (a plain word) for one token's text."""
+    """:data:`NEGATOR`, :data:`BREAK` or None (a plain word) for one token's text."""
     word = piece.strip().lower().replace("\u2019", "'")
-    if word in ABSENCES:
-        return ABSENCE
     if word in NEGATORS:
         return NEGATOR
     if word in CLAUSE_WORDS or _PUNCTUATION.search(piece):
@@ -49,8 +45,8 @@ def token_role(piece: str) -> str | None:
 
 
 def negation_token_table(tokenizer) -> dict[str, str]:
-    """``{token id (a string, as JSON keys are): role}`` of the tokenizer's negator, absence and clause-break
-    tokens (special tokens break a clause)."""
+    """``{token id (a string, as JSON keys are): role}`` of the tokenizer's negator and clause-break tokens
+    (special tokens break a clause)."""
     pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     table = {str(i): role for i, piece in enumerate(pieces) if (role := token_role(piece))}
     for i in getattr(tokenizer, "all_special_ids", []):
@@ -61,9 +57,8 @@ def negation_token_table(tokenizer) -> dict[str, str]:
 class NegationReader:
     """Each prompt token's part in a negation, from a :func:`negation_token_table`.
 
-    ``reader(input_ids [B, P], mask [B, P] or None) -> (negators [B, P], negated [B, P], absent [B, P])``
-    bool: the negator and absence tokens, then the plain tokens inside an odd number of negations of their
-    clause, split by the last one (an absence: ``absent``, else ``negated``); False on masked positions.
+    ``reader(input_ids [B, P], mask [B, P] or None) -> (negators [B, P], negated [B, P])`` bool: the negator
+    tokens, and the plain tokens inside an odd number of negations of their clause; False on masked positions.
     """
 
     def __init__(self, table: Mapping[str, str], memory: int = 65536):
@@ -72,30 +67,28 @@ class NegationReader:
             raise ValueError(f"a negation token table maps token ids to one of {', '.join(map(repr, ROLES))}, "
                              f"got roles {sorted(roles)}")
         self.roles = {int(k): str(v) for k, v in table.items()}
-        self._read: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._read: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._memory = memory
 
-    def token_parts(self, ids: Sequence[int]) -> tuple[list[bool], list[bool], list[bool]]:
-        """``(negator, negated, absent)`` flags of one prompt's tokens ``ids``."""
-        negator, negated, absent, count, last = [], [], [], 0, None
+    def token_parts(self, ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
+        """``(negator, negated)`` flags of one prompt's tokens ``ids``."""
+        negator, negated, count = [], [], 0
         for i in ids:
             role = self.roles.get(int(i))
             if role == BREAK:
                 count = 0
-            elif role is not None:
-                count, last = count + 1, role
-            inside = role is None and count % 2 == 1
-            negator.append(role in (NEGATOR, ABSENCE))
-            negated.append(inside and last == NEGATOR)
-            absent.append(inside and last == ABSENCE)
-        return negator, negated, absent
+            elif role == NEGATOR:
+                count += 1
+            negator.append(role == NEGATOR)
+            negated.append(role is None and count % 2 == 1)
+        return negator, negated
 
     def __call__(
         self, input_ids: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         keep = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
         keep = keep.cpu()
-        flags = torch.zeros((3, *input_ids.shape), dtype=torch.bool)  # negators, negated, absent
+        flags = torch.zeros((2, *input_ids.shape), dtype=torch.bool)  # negators, negated
         for b, ids in enumerate(input_ids.cpu()):
             key = tuple(ids[keep[b]].tolist())
             parts = self._read.get(key)
@@ -105,5 +98,5 @@ class NegationReader:
                     self._read[key] = parts
             for kind, part in enumerate(parts):
                 flags[kind, b, keep[b]] = part
-        negators, negated, absent = flags.to(input_ids.device)
-        return negators, negated, absent
+        negators, negated = flags.to(input_ids.device)
+        return negators, negated

@@ -2,31 +2,27 @@ import pytest
 import torch
 
 from steerdeco import AutoDecoModel, HeadsConfig
-from steerdeco.negation import ABSENCE, BREAK, NEGATOR, NegationReader, negation_token_table, token_role
+from steerdeco.negation import BREAK, NEGATOR, NegationReader, negation_token_table, token_role
 
-# token ids of a made-up vocabulary: 1 "not", 2 ",", 3 "no", 4.. plain words
-TABLE = {"1": NEGATOR, "2": BREAK, "3": ABSENCE}
+# token ids of a made-up vocabulary: 1 "not", 2 ",", 3.. plain words
+TABLE = {"1": NEGATOR, "2": BREAK}
 OPTIONS = dict(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,
                context_pooling="prompt_attention", context_layer=1, steering_levels=3)
 
 
-def test_token_roles_name_negators_absences_and_clause_breaks_and_leave_other_words_plain():
-    assert [token_role(p) for p in ("Don", "'t", " not", " avoid", " less", "\u2019t")] == [
-        None, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR]
-    assert [token_role(p) for p in (" no", "No", " Nothing", " without", " never")] == [ABSENCE] * 5
+def test_token_roles_name_negators_and_clause_breaks_and_leave_other_words_plain():
+    assert [token_role(p) for p in ("Don", "'t", " not", " avoid", " less", "\u2019t", " no", "Nothing", " without")] == [
+        None, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR]
     assert [token_role(p) for p in (".", ",", "!\n", " but", " And", " safe", " knot", " nobody's")] == [
         BREAK, BREAK, BREAK, BREAK, BREAK, None, None, None]
 
 
-def test_a_negation_governs_the_rest_of_its_clause_two_cancel_and_the_last_one_names_the_kind():
+def test_a_negation_governs_the_rest_of_its_clause_and_two_cancel():
     reader = NegationReader(TABLE)
-    negators, negated, absent = reader(torch.tensor([[5, 1, 6, 7, 2, 8], [1, 1, 6, 2, 1, 7], [3, 6, 2, 1, 3, 7]]))
-    assert negators.tolist() == [[False, True, False, False, False, False], [True, True, False, False, True, False],
-                                 [True, False, False, True, True, False]]
-    assert negated.tolist() == [[False, False, True, True, False, False], [False, False, False, False, False, True],
-                                [False] * 6]  # "not no 7": two, so 7 is neither
-    assert absent.tolist() == [[False] * 6, [False] * 6, [False, True, False, False, False, False]]
-    _, negated, _ = reader(torch.tensor([[0, 0, 1, 6]]), torch.tensor([[0, 0, 1, 1]]))  # left padding
+    negators, negated = reader(torch.tensor([[5, 1, 6, 7, 2, 8], [1, 1, 6, 2, 1, 7]]))
+    assert negators.tolist() == [[False, True, False, False, False, False], [True, True, False, False, True, False]]
+    assert negated.tolist() == [[False, False, True, True, False, False], [False, False, False, False, False, True]]
+    _, negated = reader(torch.tensor([[0, 0, 1, 6]]), torch.tensor([[0, 0, 1, 1]]))  # left padding
     assert negated.tolist() == [[False, False, False, True]]
 
 
@@ -35,7 +31,7 @@ def test_the_table_of_a_tokenizer_breaks_at_punctuation_and_special_tokens(tiny)
     table = negation_token_table(tokenizer)
     assert table[str(tokenizer.convert_tokens_to_ids("."))] == BREAK
     assert all(table[str(i)] == BREAK for i in tokenizer.all_special_ids)
-    with pytest.raises(ValueError, match="maps token ids to one of 'negator', 'absence', 'break'"):
+    with pytest.raises(ValueError, match="maps token ids to one of 'negator', 'break'"):
         NegationReader({"3": "maybe"})
 
 
@@ -58,7 +54,7 @@ def test_words_inside_a_negation_read_the_turned_around_level_and_without_one_no
     ids = torch.tensor([[5, 6, 7]])
     mask = torch.ones(1, 3, dtype=torch.bool)
     context = heads.pool_prompt(words, mask, ids)
-    assert context.shape == (1, 64 + 3 * 64 + 2)
+    assert context.shape == (1, 64 + 2 * 64 + 1)
     torch.testing.assert_close(heads.level_logits(context).softmax(-1), plain.level_logits(plain.pool_prompt(words, mask)).softmax(-1))
     hidden, logits = torch.randn(4, 64), torch.randn(4, 20)
     rows = torch.zeros(4, dtype=torch.long)
@@ -68,13 +64,8 @@ def test_words_inside_a_negation_read_the_turned_around_level_and_without_one_no
     levels = heads.level_logits(context).softmax(-1)
     negated = heads.pool_prompt(torch.cat([torch.randn(1, 1, 64), words], dim=1), torch.ones(1, 4, dtype=torch.bool),
                                 torch.tensor([[1, 5, 6, 7]]))  # "not" + the same words: the negator is left out
-    torch.testing.assert_close(negated[:, -2:], torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(negated[:, -1], torch.ones(1))
     torch.testing.assert_close(heads.level_logits(negated).exp(), levels.flip(-1))
-    absent = heads.pool_prompt(torch.cat([torch.randn(1, 1, 64), words], dim=1), torch.ones(1, 4, dtype=torch.bool),
-                               torch.tensor([[3, 5, 6, 7]]))  # "no" + the same words: every high level to low 3 ...
-    far_end = torch.zeros_like(levels)
-    far_end[..., 0], far_end[..., 3], far_end[..., 6] = levels[..., 4:].sum(-1), levels[..., 3], levels[..., :3].sum(-1)
-    torch.testing.assert_close(heads.level_logits(absent).exp(), far_end)
 
 
 def test_negation_scope_needs_levels_a_table_and_the_prompt_ids(tiny):
