@@ -13,6 +13,12 @@ HEADS_WEIGHTS_NAME = "heads.safetensors"
 FORMAT_VERSION = 1
 
 
+def _is_token_table(table) -> bool:
+    """Whether ``table`` is None or a ``{token id (a string of digits): text}`` dict, as a JSON config holds one."""
+    return table is None or (isinstance(table, dict) and all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in table.items()))
+
+
 @dataclass
 class HeadsConfig:
     """Shape and range of the temperature and top-p heads.
@@ -177,19 +183,11 @@ class HeadsConfig:
             raise ValueError("pool_dropout is used by context_pooling='prompt_attention' only")
         if self.named_values and (self.context_pooling != "prompt_attention" or not self.steering_width):
             raise ValueError("named_values needs context_pooling='prompt_attention' and a steering path (steering_width > 0)")
-        tokens = self.number_tokens
-        if tokens is not None and (
-            not isinstance(tokens, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
-                                                    for k, v in tokens.items())
-        ):
+        if not _is_token_table(self.number_tokens):
             raise ValueError("number_tokens must map token ids (strings of digits) to their text")
         if self.negation_scope and not self.steering_levels:
             raise ValueError("negation_scope needs steering_levels > 0: it turns the level a negated word reads around")
-        negations = self.negation_tokens
-        if negations is not None and (
-            not isinstance(negations, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
-                                                       for k, v in negations.items())
-        ):
+        if not _is_token_table(self.negation_tokens):
             raise ValueError("negation_tokens must map token ids (strings of digits) to their role")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(
