@@ -92,10 +92,11 @@ class NegationReader:
         for b, ids in enumerate(input_ids.cpu()):
             key = tuple(ids[keep[b]].tolist())
             parts = self._read.get(key)
-            if parts is None:
+            if parts is None:  # kept as numbers.NumberReader keeps its rows: training repeats the prompts
                 parts = tuple(torch.tensor(part, dtype=torch.bool) for part in self.token_parts(key))
-                if len(self._read) < self._memory:
-                    self._read[key] = parts
+                if len(self._read) >= self._memory:
+                    self._read.clear()
+                self._read[key] = parts
             for kind, part in enumerate(parts):
                 flags[kind, b, keep[b]] = part
         negators, negated = flags.to(input_ids.device)
