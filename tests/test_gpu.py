@@ -93,3 +93,34 @@ def test_easy_token_masking_takes_a_cpu_or_a_cuda_generator_on_cuda_slots():
                                                       torch.Generator().manual_seed(3)))  # same tokens on any device
     on_cuda = easy_token_mask(slots, 0.5, torch.Generator(device="cuda").manual_seed(3))
     assert 0.4 < on_cuda.float().mean().item() < 0.6
+
+
+def test_heads_that_read_levels_values_and_negations_give_on_cuda_what_they_give_on_cpu(tmp_path):
+    from steerdeco import HeadsConfig
+    from steerdeco.negation import negation_token_table
+    from steerdeco.numbers import number_token_table
+    from steerdeco.testing import jitter_heads
+
+    base, tokenizer = tiny_model_and_tokenizer()
+    config = HeadsConfig(hidden_size=64, context_features=True, steering_width=8, context_in_mlp=False,
+                         context_pooling="prompt_attention", context_layer=1, steering_levels=3, named_values=True,
+                         number_tokens=number_token_table(tokenizer), negation_scope=True,
+                         negation_tokens=negation_token_table(tokenizer))
+    model = jitter_heads(AutoDecoModel(base, config), scale=0.3).eval()
+    batch = tokenizer.apply_chat_template(
+        [[{"role": "user", "content": "Don't be random at all. Use a temperature of 0.4."}],
+         [{"role": "user", "content": "Write a poem about the sea."}]],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True,
+    )
+    with torch.no_grad():
+        on_cpu = model(**batch)
+    model.save_pretrained(tmp_path / "heads")
+    cuda_base, _ = tiny_model_and_tokenizer()
+    on_gpu = AutoDecoModel.from_pretrained(tmp_path / "heads", base_model=cuda_base.to("cuda")).eval()
+    with torch.no_grad():
+        out = on_gpu(**batch.to("cuda"))
+    torch.testing.assert_close(out.temperature.cpu(), on_cpu.temperature, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.top_p.cpu(), on_cpu.top_p, atol=1e-4, rtol=1e-4)
+    generated = on_gpu.generate(**batch, do_sample=True, max_new_tokens=5)
+    assert generated.device.type == "cuda" and generated.shape[1] == batch["input_ids"].shape[1] + 5
+    assert not cuda_base.lm_head._forward_hooks

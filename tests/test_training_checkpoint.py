@@ -52,15 +52,18 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, train_rows, mode):
     resumed = SteeringTrainer(args=config(tmp_path / "b", resume_from_checkpoint="last", **extra), train_dataset=train_rows)
     resumed.train()
     expected, got = heads_state(straight.autodeco_model), heads_state(resumed.autodeco_model)
+    # equal up to the order of float sums, which many CPU threads may change between runs; a step taken with
+    # another dropout mask or optimizer state is off by about the learning rate
+    close = {"atol": 1e-4, "rtol": 1e-3}
     for key in expected:
-        torch.testing.assert_close(got[key], expected[key])
+        torch.testing.assert_close(got[key], expected[key], **close)
     if mode == "lora_joint":
         from peft import get_peft_model_state_dict
 
         lora_a = get_peft_model_state_dict(straight.autodeco_model.base_model)
         lora_b = get_peft_model_state_dict(resumed.autodeco_model.base_model)
         for key in lora_a:
-            torch.testing.assert_close(lora_b[key], lora_a[key])
+            torch.testing.assert_close(lora_b[key], lora_a[key], **close)
     checkpoint = tmp_path / "b" / "out" / "checkpoint-3"
     names = {p.name for p in checkpoint.rglob("*") if p.is_file()}
     assert {"heads.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.json"} <= names
