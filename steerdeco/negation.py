@@ -6,9 +6,10 @@ when a negation governs it, so "Avoid the obvious choices." borrows what the hea
 obvious choices" instead of needing negated commands of its own. The heads learn words, not syntax;
 this is the syntax they get for free.
 
-A token is a *negator* ("no", "not", "n't", "nothing", "without", "avoid", "less", "stop" ...:
-:data:`NEGATORS`), a *clause break* (punctuation, a line break, a special token, or a word that starts a
-new clause: "but", "and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an
+A token is a *negator* ("no", "not", "n't", "nothing", "without", "avoid", "less", "stop", and verbs
+that take away what follows them: "eliminate", "remove", "ditch", "disable" ...: :data:`NEGATORS`), a
+*clause break* (punctuation, a line break, a special token, or a word that starts a new clause: "but",
+"and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an
 odd number of negators stand before it in its clause ("I don't want less randomness": two, so
 *randomness* is not). The heads turn a negated word's level around (low k <-> high k). Reading needs
 only the text of these tokens: :func:`negation_token_table` picks them from a tokenizer once and the
@@ -26,6 +27,9 @@ import torch
 NEGATORS = frozenset({
     "no", "not", "n't", "'t", "never", "nothing", "none", "nobody", "nowhere", "neither", "nor", "without",
     "cannot", "avoid", "avoiding", "less", "fewer", "stop", "skip",
+    # verbs that take away what follows them ("eliminate the randomness", "ditch the clichés")
+    "eliminate", "eliminating", "remove", "removing", "abandon", "ditch", "ban", "forbid", "disable", "ignore",
+    "ignoring", "reject", "refuse", "lose", "kill", "strip", "suppress", "prevent", "escape",
 })
 #: Words (lower case, whole tokens) that end a clause, besides punctuation and line breaks.
 CLAUSE_WORDS = frozenset({"but", "and", "so", "instead", "however", "yet", "though", "although", "rather", "while"})

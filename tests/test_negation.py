@@ -13,6 +13,8 @@ OPTIONS = dict(hidden_size=64, context_features=True, steering_width=8, context_
 def test_token_roles_name_negators_and_clause_breaks_and_leave_other_words_plain():
     assert [token_role(p) for p in ("Don", "'t", " not", " avoid", " less", "\u2019t", " no", "Nothing", " without")] == [
         None, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR, NEGATOR]
+    assert [token_role(p) for p in (" Eliminate", " remove", " ditch", " disable", " lower", " raise", " reduce")] == [
+        NEGATOR, NEGATOR, NEGATOR, NEGATOR, None, None, None]  # "lower the temperature" keeps its own word
     assert [token_role(p) for p in (".", ",", "!\n", " but", " And", " safe", " knot", " nobody's")] == [
         BREAK, BREAK, BREAK, BREAK, BREAK, None, None, None]
 
