@@ -13,10 +13,12 @@ HEADS_WEIGHTS_NAME = "heads.safetensors"
 FORMAT_VERSION = 1
 
 
-def _is_token_table(table) -> bool:
-    """Whether ``table`` is None or a ``{token id (a string of digits): text}`` dict, as a JSON config holds one."""
+def _is_token_table(table, words: bool = False) -> bool:
+    """Whether ``table`` is None or a ``{token id (a string of digits): text}`` dict, as a JSON config holds one;
+    with ``words``, a key may also be several token ids separated by spaces (a word of several tokens)."""
     return table is None or (isinstance(table, dict) and all(
-        isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in table.items()))
+        isinstance(k, str) and all(i.isdigit() for i in (k.split(" ") if words else [k])) and isinstance(v, str)
+        for k, v in table.items()))
 
 
 @dataclass
@@ -187,8 +189,9 @@ class HeadsConfig:
             raise ValueError("number_tokens must map token ids (strings of digits) to their text")
         if self.negation_scope and not self.steering_levels:
             raise ValueError("negation_scope needs steering_levels > 0: it turns the level a negated word reads around")
-        if not _is_token_table(self.negation_tokens):
-            raise ValueError("negation_tokens must map token ids (strings of digits) to their role")
+        if not _is_token_table(self.negation_tokens, words=True):
+            raise ValueError("negation_tokens must map token ids (strings of digits; a word of several tokens: "
+                             "its ids separated by spaces) to their role")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"heads format_version {self.format_version} is not supported by this steerdeco "

@@ -50,9 +50,15 @@ def token_role(piece: str) -> str | None:
 
 def negation_token_table(tokenizer) -> dict[str, str]:
     """``{token id (a string, as JSON keys are): role}`` of the tokenizer's negator and clause-break tokens
-    (special tokens break a clause)."""
+    (special tokens break a clause), and ``{"id id ...": "negator"}`` for each negator the tokenizer writes in
+    several tokens (at the start of a sentence, "Eliminate" may be "E" "lim" "inate")."""
     pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     table = {str(i): role for i, piece in enumerate(pieces) if (role := token_role(piece))}
+    for word in sorted(NEGATORS):
+        for form in (word, word.capitalize(), " " + word, " " + word.capitalize()):
+            ids = tokenizer(form, add_special_tokens=False)["input_ids"]
+            if len(ids) > 1 and tokenizer.decode(ids) == form:
+                table[" ".join(map(str, ids))] = NEGATOR
     for i in getattr(tokenizer, "all_special_ids", []):
         table[str(i)] = BREAK
     return table
@@ -70,21 +76,34 @@ class NegationReader:
         if not table or roles - set(ROLES):
             raise ValueError(f"a negation token table maps token ids to one of {', '.join(map(repr, ROLES))}, "
                              f"got roles {sorted(roles)}")
-        self.roles = {int(k): str(v) for k, v in table.items()}
+        self.roles = {int(k): str(v) for k, v in table.items() if " " not in k}
+        self.words: dict[int, list[tuple[int, ...]]] = {}  # first token -> the negators of several tokens, longest first
+        for key in sorted((k for k in table if " " in k), key=lambda k: -len(k.split())):
+            ids = tuple(int(i) for i in key.split())
+            self.words.setdefault(ids[0], []).append(ids)
         self._read: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._memory = memory
 
     def token_parts(self, ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
         """``(negator, negated)`` flags of one prompt's tokens ``ids``."""
-        negator, negated, count = [], [], 0
-        for i in ids:
-            role = self.roles.get(int(i))
+        ids = [int(i) for i in ids]
+        negator, negated, count, at = [], [], 0, 0
+        while at < len(ids):
+            word = next((w for w in self.words.get(ids[at], ()) if tuple(ids[at:at + len(w)]) == w), None)
+            if word is not None:  # a negator of several tokens: one negation
+                count += 1
+                negator += [True] * len(word)
+                negated += [False] * len(word)
+                at += len(word)
+                continue
+            role = self.roles.get(ids[at])
             if role == BREAK:
                 count = 0
             elif role == NEGATOR:
                 count += 1
             negator.append(role == NEGATOR)
             negated.append(role is None and count % 2 == 1)
+            at += 1
         return negator, negated
 
     def __call__(

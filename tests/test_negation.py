@@ -28,6 +28,24 @@ def test_a_negation_governs_the_rest_of_its_clause_and_two_cancel():
     assert negated.tolist() == [[False, False, False, True]]
 
 
+def test_a_negator_of_several_tokens_is_one_negation_and_its_pieces_alone_are_plain_words():
+    reader = NegationReader({**TABLE, "7 8": NEGATOR, "7 8 9": NEGATOR})
+    negators, negated = reader(torch.tensor([[5, 7, 8, 6, 9], [5, 7, 6, 8, 9], [7, 8, 9, 6, 1]]))
+    assert negators.tolist() == [[False, True, True, False, False], [False] * 5, [True, True, True, False, True]]
+    assert negated.tolist() == [[False, False, False, True, True], [False] * 5, [False, False, False, True, False]]
+
+
+def test_a_sentence_that_opens_with_a_negating_verb_negates_the_rest_whatever_its_tokens(tiny):
+    _, tokenizer = tiny
+    reader = NegationReader(negation_token_table(tokenizer))
+    for verb in ("Eliminate", "Ditch", "Avoid", "Disable"):
+        ids = tokenizer(f"{verb} the randomness. Thanks", add_special_tokens=False)["input_ids"]
+        negators, negated = reader.token_parts(ids)
+        verb_tokens = len(tokenizer(verb, add_special_tokens=False)["input_ids"])
+        assert negators == [True] * verb_tokens + [False] * (len(ids) - verb_tokens), verb
+        assert tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n]) == " the randomness", verb
+
+
 def test_the_table_of_a_tokenizer_breaks_at_punctuation_and_special_tokens(tiny):
     _, tokenizer = tiny
     table = negation_token_table(tokenizer)
