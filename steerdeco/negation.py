@@ -76,6 +76,9 @@ class NegationReader:
         if not table or roles - set(ROLES):
             raise ValueError(f"a negation token table maps token ids to one of {', '.join(map(repr, ROLES))}, "
                              f"got roles {sorted(roles)}")
+        if any(" " in k and v != NEGATOR for k, v in table.items()):
+            raise ValueError("a negation token table's key of several token ids names a negator word; "
+                             f"got {sorted(k for k, v in table.items() if ' ' in k and v != NEGATOR)[:3]}")
         self.roles = {int(k): str(v) for k, v in table.items() if " " not in k}
         self.words: dict[int, list[tuple[int, ...]]] = {}  # first token -> the negators of several tokens, longest first
         for key in sorted((k for k in table if " " in k), key=lambda k: -len(k.split())):

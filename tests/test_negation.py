@@ -53,6 +53,8 @@ def test_the_table_of_a_tokenizer_breaks_at_punctuation_and_special_tokens(tiny)
     assert all(table[str(i)] == BREAK for i in tokenizer.all_special_ids)
     with pytest.raises(ValueError, match="maps token ids to one of 'negator', 'break'"):
         NegationReader({"3": "maybe"})
+    with pytest.raises(ValueError, match="several token ids names a negator word"):
+        NegationReader({"3 4": BREAK})
 
 
 def mirrored_heads(base):
