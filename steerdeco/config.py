@@ -133,7 +133,8 @@ class HeadsConfig:
     negation_tokens: dict[str, str] | None = field(
         default=None,
         metadata={
-            "help": "With negation_scope: {token id: role} of the base tokenizer's negator and clause-break tokens "
+            "help": "With negation_scope: {token id: role} of the base tokenizer's negator and clause-break tokens, "
+            "and {'id id ...': 'negator'} for each negator the tokenizer writes in several tokens "
             "(steerdeco.negation.negation_token_table; the trainer fills it in)."
         },
     )
