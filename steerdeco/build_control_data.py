@@ -64,6 +64,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
                        help=f"where commands go: before/after the prompt, into a system message, or sampled per row (default: {defaults.placement})")
     group.add_argument("--commands-per-level", type=int, metavar="N",
                        help=f"commands per direction and level in each group, per phrasing split on eval prompts (default: {defaults.commands_per_level})")
+    group.add_argument("--train-commands-per-level", type=int, metavar="N",
+                       help="commands per direction and level in each train group; held-out groups keep --commands-per-level "
+                       "(default: as --commands-per-level)")
     group.add_argument("--placebos", type=int, metavar="N",
                        help=f"placebo commands per group, per phrasing split on eval prompts (default: {defaults.placebos})")
     group.add_argument("--named-per-group", type=int, metavar="N",

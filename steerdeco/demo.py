@@ -89,6 +89,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="commands naming a temperature or top-p value per prompt (per phrasing split on held-out prompts; default 2)",
     )
     parser.add_argument(
+        "--train-commands-per-level",
+        type=int,
+        default=2,
+        help="wordings of each direction and level per train prompt (held-out prompts draw one of each; default 2)",
+    )
+    parser.add_argument(
         "--free-running-variants",
         default="none,low3,high3,placebo,zero",
         help="rows of those prompts that generate text (default none,low3,high3,placebo,zero; see python -m analysis -h)",
@@ -119,6 +125,8 @@ def _check_args(args: argparse.Namespace) -> list[int]:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.named_per_group < 0:
         raise SystemExit(f"--named-per-group must be >= 0, got {args.named_per_group}")
+    if args.train_commands_per_level < 1:
+        raise SystemExit(f"--train-commands-per-level must be >= 1, got {args.train_commands_per_level}")
     if not args.response_temperature >= 0:
         raise SystemExit(f"--response-temperature must be >= 0 (0: greedy), got {args.response_temperature}")
     if args.free_running_groups < 0:
@@ -234,6 +242,7 @@ def main(args: argparse.Namespace) -> int:
             max_new_tokens=args.response_tokens,
             response_temperature=args.response_temperature,
             named_per_group=args.named_per_group,
+            train_commands_per_level=args.train_commands_per_level,
             batch_size=16,
             work_dir=str(Path(args.cache_dir) / "responses"),
             progress=args.progress,

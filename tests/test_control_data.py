@@ -501,6 +501,26 @@ def test_counts_are_configurable_and_max_prompts_subsets(tmp_path):
     assert set(by_group(again.rows)) == set(groups)
 
 
+def test_train_commands_per_level_draws_more_wordings_in_train_groups_and_keeps_eval_groups(tmp_path):
+    prompts = [str(small_prompts(tmp_path / "p.jsonl", 12))]
+    one = build(tmp_path, "one", prompts=prompts, eval_fraction=0.4)
+    two = build(tmp_path, "two", prompts=prompts, eval_fraction=0.4, train_commands_per_level=2)
+    one_groups, two_groups = by_group(one.rows), by_group(two.rows)
+    assert set(one_groups) == set(two_groups)
+    for group, members in two_groups.items():
+        if members[0]["split"] == "eval":
+            assert members == one_groups[group]  # every held-out row is the same row
+            continue
+        graded = Counter((r["variant"], r["level"]) for r in members if r["variant"] in ("low", "high"))
+        assert set(graded.values()) == {2} and len(graded) == len(Counter(
+            (r["variant"], r["level"]) for r in one_groups[group] if r["variant"] in ("low", "high")))
+        for key in graded:  # two different wordings of each level
+            assert len({r["command_id"] for r in members if (r["variant"], r["level"]) == key}) == 2
+    assert two.summary["settings"]["train_commands_per_level"] == 2
+    with pytest.raises(ValueError, match=r"--train-commands-per-level must be an integer >= 1"):
+        BuildConfig(train_commands_per_level=0)
+
+
 def test_eval_sources_hold_out_only_their_prompts_and_train_commands_samples_train_groups(tmp_path):
     prompts = str(small_prompts(tmp_path / "p.jsonl", 12))
     full = build(tmp_path, "full", prompts=["builtin", prompts], eval_sources=["builtin"])

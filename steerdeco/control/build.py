@@ -44,6 +44,7 @@ class BuildConfig:
     eval_sources: list[str] | None = None
     train_commands: int | None = None
     commands_per_level: int = 1
+    train_commands_per_level: int | None = None
     placebos: int = 1
     phrasings: str | None = None
     named_per_group: int = 0
@@ -68,7 +69,7 @@ class BuildConfig:
                 raise ControlDataError(f"{option_name(name)} must be a non-empty string, got {getattr(self, name)!r}")
         for name, minimum in (("seed", 0), ("commands_per_level", 1), ("placebos", 0), ("named_per_group", 0), ("max_new_tokens", 1), ("batch_size", 1)):
             self._check_int(name, minimum)
-        for name in ("max_prompts", "train_commands"):
+        for name in ("max_prompts", "train_commands", "train_commands_per_level"):
             if getattr(self, name) is not None:
                 self._check_int(name, 1)
         if isinstance(self.eval_sources, str):
@@ -225,6 +226,7 @@ def build_control_data(
         seed=config.seed,
         placement=config.placement,
         commands_per_level=config.commands_per_level,
+        train_commands_per_level=config.train_commands_per_level,
         placebos=config.placebos,
         responses=responses,
         grammar=grammar,

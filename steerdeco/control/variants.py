@@ -136,6 +136,7 @@ def plan_rows(
     seed: int,
     placement: str = "sample",
     commands_per_level: int = 1,
+    train_commands_per_level: int | None = None,
     placebos: int = 1,
     responses: Mapping[str, str | None] | None = None,
     grammar: PhrasingGrammar | None = None,
@@ -152,6 +153,9 @@ def plan_rows(
         placement: ``sample`` or a fixed ``before``/``after``/``system``.
         commands_per_level: distinct commands per direction and level (per phrasing split on eval
             prompts); capped by the number of phrasings available.
+        train_commands_per_level: the same on train prompts (None: ``commands_per_level``). Train groups
+            that draw several wordings of each level teach the heads more wordings per response; eval
+            groups, and so every held-out row, do not change with it.
         placebos: placebo commands per group (per phrasing split on eval prompts).
         responses: ``{prompt id: response}``; missing ids get ``None``.
         grammar: writes the ``named`` commands (needed when ``named_per_group > 0``).
@@ -162,6 +166,9 @@ def plan_rows(
     """
     if commands_per_level < 1:
         raise ControlDataError(f"--commands-per-level must be at least 1, got {commands_per_level}")
+    if train_commands_per_level is not None and train_commands_per_level < 1:
+        raise ControlDataError(f"--train-commands-per-level must be at least 1, got {train_commands_per_level}")
+    per_level = {"eval": commands_per_level, "train": commands_per_level if train_commands_per_level is None else train_commands_per_level}
     if placebos < 0:
         raise ControlDataError(f"--placebos must be at least 0, got {placebos}")
     if named_per_group < 0:
@@ -194,7 +201,7 @@ def plan_rows(
             chosen: list[Command] = []
             for direction in GRADED_DIRECTIONS:
                 for level in library.levels(direction):
-                    chosen.extend(deck(split, direction, level, command_split).draw(commands_per_level))
+                    chosen.extend(deck(split, direction, level, command_split).draw(per_level[split]))
             if placebos:
                 chosen.extend(deck(split, "placebo", 0, command_split).draw(placebos))
             for number in range(named_per_group):
