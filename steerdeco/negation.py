@@ -7,7 +7,8 @@ obvious choices" instead of needing negated commands of its own. The heads learn
 this is the syntax they get for free.
 
 A token is a *negator* ("no", "not", "n't", "nothing", "without", "avoid", "less", "stop", and verbs
-that take away what follows them: "eliminate", "remove", "ditch", "disable" ...: :data:`NEGATORS`), a
+that take away what follows them: "eliminate", "remove", "ditch", "disable" ...; contrasts: "rather than",
+"instead of": :data:`NEGATORS`), a
 *clause break* (punctuation, a line break, a special token, or a word that starts a new clause: "but",
 "and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an
 odd number of negators stand before it in its clause ("I don't want less randomness": two, so
@@ -23,13 +24,15 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-#: Words (lower case, whole tokens) that negate the rest of their clause.
+#: Words (lower case) that negate the rest of their clause; one of several words or tokens is read as one negator.
 NEGATORS = frozenset({
     "no", "not", "n't", "'t", "never", "nothing", "none", "nobody", "nowhere", "neither", "nor", "without",
     "cannot", "avoid", "avoiding", "less", "fewer", "stop", "skip",
     # verbs that take away what follows them ("eliminate the randomness", "ditch the clichés")
     "eliminate", "eliminating", "remove", "removing", "abandon", "ditch", "ban", "forbid", "disable", "ignore",
     "ignoring", "reject", "refuse", "lose", "kill", "strip", "suppress", "prevent", "escape",
+    # contrasts: what follows is what is not wanted ("the usual phrasing rather than anything quirky")
+    "rather than", "instead of", "as opposed to",
 })
 #: Words (lower case, whole tokens) that end a clause, besides punctuation and line breaks.
 CLAUSE_WORDS = frozenset({"but", "and", "so", "instead", "however", "yet", "though", "although", "rather", "while"})

@@ -46,6 +46,19 @@ def test_a_sentence_that_opens_with_a_negating_verb_negates_the_rest_whatever_it
         assert tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n]) == " the randomness", verb
 
 
+def test_a_contrast_negates_what_follows_it(tiny):
+    _, tokenizer = tiny
+    reader = NegationReader(negation_token_table(tokenizer))
+    for text, governed in (("Use plain words rather than fancy ones. Thanks", " fancy ones"),
+                           ("Rather than the usual, surprise me.", " the usual"),
+                           ("Write plainly instead of playfully.", " playfully"),
+                           ("Be wild, as opposed to safe.", " safe")):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        _, negated = reader.token_parts(ids)
+        assert tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n]) == governed, text
+    assert token_role(" rather") == BREAK and token_role(" instead") == BREAK  # alone they only end a clause
+
+
 def test_the_table_of_a_tokenizer_breaks_at_punctuation_and_special_tokens(tiny):
     _, tokenizer = tiny
     table = negation_token_table(tokenizer)
