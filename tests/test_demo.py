@@ -17,6 +17,7 @@ def test_defaults_point_at_the_shipped_config():
     assert demo._check_args(args) == [0, 1, 2]
     assert args.free_running_groups == 30 and args.prompt_only_temperature == 1.0
     assert args.free_running_variants == "none,low3,high3,placebo,zero"
+    assert args.train_commands_per_level == 2 and args.named_per_group == 2
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,7 @@ def test_defaults_point_at_the_shipped_config():
         (("--config", "missing.yaml"), "--config missing.yaml: no such file"),
         (("--free-running-variants", "low9x"), "--free-running-variants: unknown variant selector 'low9x'"),
         (("--prompt-only-temperature", "-1"), "--prompt-only-temperature must be >= 0"),
+        (("--train-commands-per-level", "0"), "--train-commands-per-level must be >= 1"),
     ],
 )
 def test_bad_arguments_name_the_flag(argv, match):
