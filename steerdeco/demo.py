@@ -120,13 +120,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> list[int]:
-    for name in ("max_prompts", "response_tokens", "n_boot"):
+    for name in ("max_prompts", "response_tokens", "n_boot", "train_commands_per_level"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.named_per_group < 0:
         raise SystemExit(f"--named-per-group must be >= 0, got {args.named_per_group}")
-    if args.train_commands_per_level < 1:
-        raise SystemExit(f"--train-commands-per-level must be >= 1, got {args.train_commands_per_level}")
     if not args.response_temperature >= 0:
         raise SystemExit(f"--response-temperature must be >= 0 (0: greedy), got {args.response_temperature}")
     if args.free_running_groups < 0:
