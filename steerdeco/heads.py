@@ -68,7 +68,7 @@ NAMED_SLOTS = ("temperature_value", "temperature_gate", "top_p_value", "top_p_ga
 #: the pooled states outside any negation, the pooled states inside one, and the pooling's weight inside one.
 MIRROR_PARTS = ("outside", "inside", "inside_weight")
 #: What a named value is clamped to before the head is pulled toward it (None: the head's max_temperature). A named
-#: temperature below 0.05 reads as 0.05, the objective's absolute_temperature_floor (decoding takes it as greedy).
+#: temperature below 0.05 reads as 0.05, which decoding takes as greedy (``decoding.GREEDY_BELOW_TEMPERATURE``).
 NAMED_VALUE_RANGE = {"temperature": (0.05, None), "top_p": (0.01, 0.99)}
 CLOSED_GATE_BIAS = -8.0  # a fresh gate's logit: sigmoid of it is 3e-4
 NO_NUMBER_GATE = -30.0  # the gate's logit on a prompt that writes no number

@@ -7,8 +7,8 @@ obvious choices" instead of needing negated commands of its own. The heads learn
 this is the syntax they get for free.
 
 A token is a *negator* ("no", "not", "n't", "nothing", "without", "avoid", "less", "stop", and verbs
-that take away what follows them: "eliminate", "remove", "ditch", "disable" ...; contrasts: "rather than",
-"instead of": :data:`NEGATORS`), a
+that take away what follows them: "eliminate", "remove", "ditch", "disable" ...; avoidance idioms: "steer clear
+of", "free of" ...; contrasts: "rather than", "instead of": :data:`NEGATORS`), a
 *clause break* (punctuation, a line break, a special token, or a word that starts a new clause: "but",
 "and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an
 odd number of negators stand before it in its clause ("I don't want less randomness": two, so
@@ -33,6 +33,9 @@ NEGATORS = frozenset({
     "ignoring", "reject", "refuse", "lose", "kill", "strip", "suppress", "prevent", "escape",
     # contrasts: what follows is what is not wanted ("the usual phrasing rather than anything quirky")
     "rather than", "instead of", "as opposed to",
+    # avoidance idioms ("steer clear of the expected", "free of unusual words")
+    "steer clear of", "away from", "refrain from", "get rid of", "do away with", "free of", "free from", "omit",
+    "exclude", "excluding",
 })
 #: Words (lower case, whole tokens) that end a clause, besides punctuation and line breaks.
 CLAUSE_WORDS = frozenset({"but", "and", "so", "instead", "however", "yet", "though", "although", "rather", "while"})

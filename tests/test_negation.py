@@ -59,6 +59,20 @@ def test_a_contrast_negates_what_follows_it(tiny):
     assert token_role(" rather") == BREAK and token_role(" instead") == BREAK  # alone they only end a clause
 
 
+def test_an_avoidance_idiom_negates_what_follows_it_and_its_words_alone_do_not(tiny):
+    _, tokenizer = tiny
+    reader = NegationReader(negation_token_table(tokenizer))
+    for text, governed in (("Steer clear of the expected. Thanks", " the expected"),
+                           ("Please stay away from standard phrasing.", " standard phrasing"),
+                           ("Keep it precise and free of unusual words.", " unusual words"),
+                           ("Get rid of all randomness.", " all randomness"),
+                           ("Steer away from the predictable choice.", " the predictable choice"),
+                           ("Stay away, keep it free and clear.", "")):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        _, negated = reader.token_parts(ids)
+        assert tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n]) == governed, text
+
+
 def test_the_table_of_a_tokenizer_breaks_at_punctuation_and_special_tokens(tiny):
     _, tokenizer = tiny
     table = negation_token_table(tokenizer)
