@@ -46,31 +46,32 @@ def test_a_sentence_that_opens_with_a_negating_verb_negates_the_rest_whatever_it
         assert tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n]) == " the randomness", verb
 
 
+def _governed(tokenizer, text: str) -> str:
+    """The words of ``text`` that a negation governs, as the table of ``tokenizer`` reads them."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    _, negated = NegationReader(negation_token_table(tokenizer)).token_parts(ids)
+    return tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n])
+
+
 def test_a_contrast_negates_what_follows_it(tiny):
     _, tokenizer = tiny
-    reader = NegationReader(negation_token_table(tokenizer))
     for text, governed in (("Use plain words rather than fancy ones. Thanks", " fancy ones"),
                            ("Rather than the usual, surprise me.", " the usual"),
                            ("Write plainly instead of playfully.", " playfully"),
                            ("Be wild, as opposed to safe.", " safe")):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        _, negated = reader.token_parts(ids)
-        assert tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n]) == governed, text
+        assert _governed(tokenizer, text) == governed, text
     assert token_role(" rather") == BREAK and token_role(" instead") == BREAK  # alone they only end a clause
 
 
 def test_an_avoidance_idiom_negates_what_follows_it_and_its_words_alone_do_not(tiny):
     _, tokenizer = tiny
-    reader = NegationReader(negation_token_table(tokenizer))
     for text, governed in (("Steer clear of the expected. Thanks", " the expected"),
                            ("Please stay away from standard phrasing.", " standard phrasing"),
                            ("Keep it precise and free of unusual words.", " unusual words"),
                            ("Get rid of all randomness.", " all randomness"),
                            ("Steer away from the predictable choice.", " the predictable choice"),
                            ("Stay away, keep it free and clear.", "")):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        _, negated = reader.token_parts(ids)
-        assert tokenizer.decode([i for i, n in zip(ids, negated, strict=True) if n]) == governed, text
+        assert _governed(tokenizer, text) == governed, text
 
 
 def test_the_table_of_a_tokenizer_breaks_at_punctuation_and_special_tokens(tiny):
