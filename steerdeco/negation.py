@@ -8,7 +8,7 @@ this is the syntax they get for free.
 
 A token is a *negator* ("no", "not", "n't", "nothing", "without", "avoid", "less", "stop", and verbs
 that take away what follows them: "eliminate", "remove", "ditch", "disable" ...; avoidance idioms: "steer clear
-of", "free of" ...; contrasts: "rather than", "instead of": :data:`NEGATORS`), a
+of", "free of" ...; contrasts: "rather than", "instead of"; the prefix "non": :data:`NEGATORS`), a
 *clause break* (punctuation, a line break, a special token, or a word that starts a new clause: "but",
 "and" ...: :data:`CLAUSE_WORDS`) or a plain word. A plain word is *negated* when an
 odd number of negators stand before it in its clause ("I don't want less randomness": two, so
@@ -36,6 +36,8 @@ NEGATORS = frozenset({
     # avoidance idioms ("steer clear of the expected", "free of unusual words")
     "steer clear of", "away from", "refrain from", "get rid of", "do away with", "free of", "free from", "omit",
     "exclude", "excluding",
+    # a prefix, read as a negator of the rest of its clause as the others are ("non-random", "nonstandard")
+    "non",
 })
 #: Words (lower case, whole tokens) that end a clause, besides punctuation and line breaks.
 CLAUSE_WORDS = frozenset({"but", "and", "so", "instead", "however", "yet", "though", "although", "rather", "while"})

@@ -74,6 +74,15 @@ def test_an_avoidance_idiom_negates_what_follows_it_and_its_words_alone_do_not(t
         assert _governed(tokenizer, text) == governed, text
 
 
+def test_the_prefix_non_negates_what_it_is_written_onto(tiny):
+    _, tokenizer = tiny
+    assert token_role(" non") == NEGATOR and token_role(" none") == NEGATOR and token_role(" nonce") is None
+    for text, governed in (("Make it non-random. Thanks", "-random"),
+                           ("Non-random, please, and wild otherwise.", "-random"),
+                           ("Give a nonstandard answer.", "standard answer")):
+        assert _governed(tokenizer, text) == governed, text
+
+
 def test_the_table_of_a_tokenizer_breaks_at_punctuation_and_special_tokens(tiny):
     _, tokenizer = tiny
     table = negation_token_table(tokenizer)
