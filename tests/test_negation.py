@@ -74,7 +74,7 @@ def test_an_avoidance_idiom_negates_what_follows_it_and_its_words_alone_do_not(t
         assert _governed(tokenizer, text) == governed, text
 
 
-def test_the_prefix_non_negates_what_it_is_written_onto(tiny):
+def test_the_prefix_non_negates_the_rest_of_its_clause(tiny):
     _, tokenizer = tiny
     assert token_role(" non") == NEGATOR and token_role(" none") == NEGATOR and token_role(" nonce") is None
     for text, governed in (("Make it non-random. Thanks", "-random"),
