@@ -30,6 +30,14 @@ class HeadsConfig:
 
     hidden_size: int = field(metadata={"help": "Hidden size of the base model's last hidden state."})
     mlp_width: int = field(default=256, metadata={"help": "Width of each head's hidden MLP layer."})
+    mlp_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout on the token's state before each head's own MLP, in training mode only. The AutoDeco "
+            "losses see each shared response's tokens once per epoch, and without it the MLPs learn those tokens "
+            "by heart: T and P then fit the training responses and drift away from calibrated on new ones. 0: off."
+        },
+    )
     max_temperature: float = field(
         default=2.0, metadata={"help": "Temperature head output is sigmoid(x) * max_temperature."}
     )
@@ -153,6 +161,9 @@ class HeadsConfig:
             raise ValueError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
         if not isinstance(self.mlp_width, int) or self.mlp_width <= 0:
             raise ValueError(f"mlp_width must be a positive integer, got {self.mlp_width!r}")
+        mlp_dropout = self.mlp_dropout
+        if isinstance(mlp_dropout, bool) or not isinstance(mlp_dropout, int | float) or not 0.0 <= mlp_dropout < 1.0:
+            raise ValueError(f"mlp_dropout must be a number in [0, 1), got {mlp_dropout!r}")
         if not (isinstance(self.max_temperature, int | float) and math.isfinite(self.max_temperature)) or (
             self.max_temperature <= 0
         ):

@@ -355,6 +355,7 @@ class TemperatureHead(nn.Module):
         self.max_temperature = float(config.max_temperature)
         self.use_context = bool(config.context_features) and config.context_in_mlp
         inputs = config.hidden_size * (2 if self.use_context else 1)
+        self.dropout = nn.Dropout(config.mlp_dropout)  # the token's state only; no parameters
         self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
@@ -369,7 +370,7 @@ class TemperatureHead(nn.Module):
         rows: torch.Tensor | None = None,
         mirror: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        logit = self.mlp(_head_input(hidden, _per_token(context, rows), self.use_context)).squeeze(-1)
+        logit = self.mlp(_head_input(self.dropout(hidden), _per_token(context, rows), self.use_context)).squeeze(-1)
         if self.steering is not None:
             logit = logit + _per_token(self.steering(context, mirror), rows)
         named = _per_token(named, rows)
@@ -388,6 +389,7 @@ class TopPHead(nn.Module):
         self.use_context = bool(config.context_features) and config.context_in_mlp
         extra = 1 + (NUM_PROBABILITY_FEATURES if self.use_features else 0)
         inputs = config.hidden_size * (2 if self.use_context else 1) + extra
+        self.dropout = nn.Dropout(config.mlp_dropout)
         self.mlp = nn.Sequential(nn.Linear(inputs, config.mlp_width), nn.GELU(), nn.Linear(config.mlp_width, 1))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.constant_(self.mlp[-1].bias, math.log(INITIAL_TOP_P / (1 - INITIAL_TOP_P)))
@@ -404,7 +406,7 @@ class TopPHead(nn.Module):
         rows: torch.Tensor | None = None,
         mirror: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        parts = [_head_input(hidden, _per_token(context, rows), self.use_context), temperature.detach().unsqueeze(-1)]
+        parts = [_head_input(self.dropout(hidden), _per_token(context, rows), self.use_context), temperature.detach().unsqueeze(-1)]
         if self.use_features:
             if features is None:
                 raise ValueError("this top-p head was configured with top_p_features=True but got no features")

@@ -446,3 +446,57 @@ def test_level_steering_paths_start_as_plain_autodeco_mix_their_levels_offsets_a
         HeadsConfig(**options, steering_levels=-1)
     with pytest.raises(ValueError, match="level_logits needs heads with steering_levels"):
         plain.heads.level_logits(torch.randn(2, 64))
+
+
+def test_mlp_dropout_drops_the_token_state_in_training_only():
+    from steerdeco.heads import AutoDecoHeads
+
+    torch.manual_seed(0)
+    plain, dropped = AutoDecoHeads(HeadsConfig(hidden_size=16)), AutoDecoHeads(HeadsConfig(hidden_size=16, mlp_dropout=0.5))
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no parameters
+    hidden, logits = torch.randn(5, 16), torch.randn(5, 30)
+    first, second = dropped(hidden, logits), dropped(hidden, logits)
+    assert not torch.allclose(first[0], second[0]) and not torch.allclose(first[1], second[1])  # both heads drop
+    dropped.eval(), plain.eval()
+    for ours, theirs in zip(dropped(hidden, logits), plain(hidden, logits), strict=True):
+        torch.testing.assert_close(ours, theirs)  # inference reads every feature
+    with pytest.raises(ValueError, match=r"mlp_dropout must be a number in \[0, 1\), got 1.0"):
+        HeadsConfig(hidden_size=8, mlp_dropout=1.0)
+    from steerdeco.training import SteeringConfig
+
+    assert SteeringConfig(output_dir="x", heads_mlp_dropout=0.3).heads_config(64).mlp_dropout == 0.3
+
+
+def test_mlp_dropout_keeps_a_temperature_head_from_learning_its_training_tokens_by_heart():
+    """Targets sampled from the base distribution itself (T = 1 is right everywhere): on a few dozen tokens seen
+    again and again, a head without dropout fits their draws and loses on new tokens; with dropout it loses less."""
+    from steerdeco.heads import TemperatureHead
+    from steerdeco.losses import exact_slots, temperature_loss
+
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(n):
+        hidden, logits = torch.randn(n, 32, generator=generator), 2.0 * torch.randn(n, 12, generator=generator)
+        return hidden, exact_slots(logits, torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1))
+
+    (train_hidden, train_slots), (new_hidden, new_slots) = tokens(48), tokens(4000)
+
+    def new_token_loss(dropout):
+        torch.manual_seed(0)
+        head = TemperatureHead(HeadsConfig(hidden_size=32, mlp_width=64, mlp_dropout=dropout))
+        optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+        for _ in range(400):
+            loss = temperature_loss(train_slots, head(train_hidden), easy_token_fraction=0.0, dft=False)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            return temperature_loss(new_slots, head.eval()(new_hidden), easy_token_fraction=0.0, dft=False).item()
+
+    calibrated = temperature_loss(new_slots, torch.ones(4000), easy_token_fraction=0.0, dft=False).item()
+    by_heart, dropped = new_token_loss(0.0), new_token_loss(0.8)
+    assert by_heart > calibrated + 1.0  # the failure this option is for: near-greedy T on new tokens' unlikely draws
+    assert dropped < calibrated + 0.15

@@ -34,6 +34,7 @@ OVERLONG_ROWS = ("error", "truncate", "skip")
 # HeadsConfig field -> the SteeringConfig field that sets it
 HEADS_FIELDS = {
     "mlp_width": "heads_mlp_width",
+    "mlp_dropout": "heads_mlp_dropout",
     "max_temperature": "heads_max_temperature",
     "top_p_features": "heads_top_p_features",
     "context_features": "heads_context_features",
@@ -238,6 +239,7 @@ class SteeringConfig(ObjectiveArguments, LoraArguments, SFTConfig):
 
     # -- heads (defaults: HeadsConfig's, the one set) ----------------------------------------------
     heads_mlp_width: int = _heads_field("mlp_width")
+    heads_mlp_dropout: float = _heads_field("mlp_dropout")
     heads_max_temperature: float = _heads_field("max_temperature")
     heads_top_p_features: bool = _heads_field("top_p_features")
     heads_context_features: bool = _heads_field("context_features")
