@@ -460,7 +460,8 @@ def test_mlp_dropout_drops_the_token_state_in_training_only():
     hidden, logits = torch.randn(5, 16), torch.randn(5, 30)
     first, second = dropped(hidden, logits), dropped(hidden, logits)
     assert not torch.allclose(first[0], second[0]) and not torch.allclose(first[1], second[1])  # both heads drop
-    dropped.eval(), plain.eval()
+    dropped.eval()
+    plain.eval()
     for ours, theirs in zip(dropped(hidden, logits), plain(hidden, logits), strict=True):
         torch.testing.assert_close(ours, theirs)  # inference reads every feature
     with pytest.raises(ValueError, match=r"mlp_dropout must be a number in \[0, 1\), got 1.0"):
