@@ -60,6 +60,7 @@ def test_heads_defaults_are_the_heads_configs_and_heads_config_builds_them(tmp_p
     ("overrides", "match"),
     [
         ({"heads_mlp_width": 0}, "heads_mlp_width must be a positive integer"),
+        ({"heads_mlp_dropout": 1.5}, r"heads_mlp_dropout must be a number in \[0, 1\), got 1.5"),
         ({"heads_max_temperature": -1.0}, "heads_max_temperature must be a positive number"),
         ({"heads_steering_width": 8}, "heads_steering_width > 0 needs context_features=True"),
         ({"heads_context_in_mlp": False}, "heads_context_in_mlp=False needs a steering path"),
