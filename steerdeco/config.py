@@ -13,6 +13,12 @@ HEADS_WEIGHTS_NAME = "heads.safetensors"
 FORMAT_VERSION = 1
 
 
+def _check_dropout(name: str, value) -> None:
+    """A dropout probability: a number in [0, 1) (1 would drop everything)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
 def _is_token_table(table, words: bool = False) -> bool:
     """Whether ``table`` is None or a ``{token id (a string of digits): text}`` dict, as a JSON config holds one;
     with ``words``, a key may also be several token ids separated by spaces (a word of several tokens)."""
@@ -161,9 +167,7 @@ class HeadsConfig:
             raise ValueError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
         if not isinstance(self.mlp_width, int) or self.mlp_width <= 0:
             raise ValueError(f"mlp_width must be a positive integer, got {self.mlp_width!r}")
-        mlp_dropout = self.mlp_dropout
-        if isinstance(mlp_dropout, bool) or not isinstance(mlp_dropout, int | float) or not 0.0 <= mlp_dropout < 1.0:
-            raise ValueError(f"mlp_dropout must be a number in [0, 1), got {mlp_dropout!r}")
+        _check_dropout("mlp_dropout", self.mlp_dropout)
         if not (isinstance(self.max_temperature, int | float) and math.isfinite(self.max_temperature)) or (
             self.max_temperature <= 0
         ):
@@ -190,10 +194,8 @@ class HeadsConfig:
             raise ValueError("context_layer is read by context_pooling='prompt_attention' only")
         if not isinstance(self.pool_width, int) or isinstance(self.pool_width, bool) or self.pool_width < 1:
             raise ValueError(f"pool_width must be a positive integer, got {self.pool_width!r}")
-        dropout = self.pool_dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"pool_dropout must be a number in [0, 1), got {dropout!r}")
-        if dropout and self.context_pooling != "prompt_attention":
+        _check_dropout("pool_dropout", self.pool_dropout)
+        if self.pool_dropout and self.context_pooling != "prompt_attention":
             raise ValueError("pool_dropout is used by context_pooling='prompt_attention' only")
         if self.named_values and (self.context_pooling != "prompt_attention" or not self.steering_width):
             raise ValueError("named_values needs context_pooling='prompt_attention' and a steering path (steering_width > 0)")
